@@ -1,0 +1,108 @@
+"""``agentscale-worker``: the entrypoint of step, gateway and simulated model-server pods.
+
+  agentscale-worker step --handler package.module:function
+  agentscale-worker gateway [--port 8080] [--validator package.module:function]
+  agentscale-worker simserver --port 8001 --model NAME [--profile FILE] [--speed 1.0]
+
+Configuration comes from the AGENTSCALE_* environment (docs/dataplane.md); flags override it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from .config import Settings
+
+
+def _loop_policy() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _on_signals(stop: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+
+
+async def _step(args: argparse.Namespace) -> None:
+    from .runtime import StepWorker, load_handler
+
+    overrides: dict[str, Any] = {}
+    if args.step:
+        overrides["step"] = args.step
+    if args.metrics_port is not None:
+        overrides["metrics_port"] = args.metrics_port
+    settings = Settings.from_env(**overrides)
+    worker = StepWorker(settings, load_handler(args.handler))
+    _on_signals(worker.stop)
+    logging.info("step %s of %s/%s: handler %s", settings.step, settings.namespace, settings.workflow, args.handler)
+    await worker.run()
+
+
+async def _gateway(args: argparse.Namespace) -> None:
+    from .gateway import Gateway
+    from .runtime import load_handler
+
+    overrides: dict[str, Any] = {}
+    if args.metrics_port is not None:
+        overrides["metrics_port"] = args.metrics_port
+    settings = Settings.from_env(**overrides)
+    validator: Any = None
+    if args.validator:
+        validator = load_handler(args.validator)
+    else:
+        from .examples import VALIDATORS
+
+        validator = VALIDATORS.get(settings.workflow)
+    gw = Gateway(settings, validator)
+    stop = asyncio.Event()
+    _on_signals(stop.set)
+    port = await gw.start(port=args.port)
+    logging.info("gateway for %s/%s on :%d", settings.namespace, settings.workflow, port)
+    await stop.wait()
+    await gw.stop()
+
+
+async def _simserver(args: argparse.Namespace) -> None:
+    from .sim import serve
+
+    stop = asyncio.Event()
+    _on_signals(stop.set)
+    await serve(args.model, args.port, args.profile, args.speed, stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="agentscale-worker")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    step = sub.add_parser("step", help="consume a step's stream and run its handler")
+    step.add_argument("--handler", required=True, help="package.module:function")
+    step.add_argument("--step", help="overrides AGENTSCALE_STEP")
+    step.add_argument("--metrics-port", type=int)
+    gw = sub.add_parser("gateway", help="serve the workflow's HTTP API")
+    gw.add_argument("--port", type=int, help="overrides AGENTSCALE_GATEWAY_PORT (8080)")
+    gw.add_argument("--validator", help="package.module:function returning an error message or None")
+    gw.add_argument("--metrics-port", type=int)
+    sim = sub.add_parser("simserver", help="SIMULATED Triton (KServe v2 gRPC) for scale tests")
+    sim.add_argument("--model", action="append", required=True)
+    sim.add_argument("--port", type=int, default=8001)
+    sim.add_argument("--profile", help="latency profile JSON (default: the one measured on real Triton)")
+    sim.add_argument("--speed", type=float, default=1.0, help="latency multiplier (2 = twice as slow)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _loop_policy()
+    run = {"step": _step, "gateway": _gateway, "simserver": _simserver}[args.cmd]
+    asyncio.run(run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

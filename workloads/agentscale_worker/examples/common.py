@@ -1,0 +1,44 @@
+"""Helpers shared by the example handlers: text <-> tokens, and a context that runs models in-process."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import numpy as np
+
+from . import nets
+
+
+def word_tokens(text: str, length: int = nets.QUERY_LEN, vocab: int = nets.VOCAB) -> np.ndarray:
+    ids = [zlib.crc32(w.encode()) % (vocab - 1) + 1 for w in text.lower().split()][:length]
+    return np.array(ids + [0] * (length - len(ids)), dtype=np.int32)
+
+
+def char_tokens(text: str, length: int = nets.TEXT_LEN) -> np.ndarray:
+    ids = [nets.ALPHABET.find(c) for c in text.lower()][:length]
+    ids = [i if i > 0 else 1 for i in ids]  # unknown characters read as a space
+    return np.array(ids + [0] * (length - len(ids)), dtype=np.int32)
+
+
+def floats(a: np.ndarray) -> list[Any]:
+    return np.asarray(a, dtype=np.float64).tolist()  # type: ignore[no-any-return]
+
+
+class LocalContext:
+    """Stands in for the runtime's StepContext: calls the numpy network directly (batch of one).
+
+    Used to compute reference outputs in tests and benchmarks; never on the serving path."""
+
+    def __init__(self, model: str | None, run_id: str = "local") -> None:
+        self.net = nets.build(model) if model else None
+        self.run_id = run_id
+        self.attempt = 1
+
+    async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert self.net is not None
+        out = self.net({k: np.asarray(v)[None] for k, v in inputs.items()})
+        return {k: v[0] for k, v in out.items()}
+
+    async def run_cpu(self, fn: Any, *args: Any) -> Any:
+        return fn(*args)

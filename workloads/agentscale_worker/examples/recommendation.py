@@ -1,0 +1,59 @@
+"""shop-recs: encode (query-encoder) -> retrieve (top-k against the item catalog, CPU) -> rank (ranker)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+from . import nets
+from .common import floats, word_tokens
+
+
+@functools.cache
+def catalog() -> np.ndarray:
+    """The item catalog's embeddings, [CATALOG_SIZE, EMB], unit length; generated from a fixed seed."""
+    rng = np.random.default_rng(20240611)
+    items = rng.standard_normal((nets.CATALOG_SIZE, nets.EMB)).astype(np.float32)
+    return items / np.linalg.norm(items, axis=1, keepdims=True)
+
+
+def validate(payload: Any) -> str | None:
+    if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
+        return "expected an object with a string field 'query'"
+    if not payload["query"].strip():
+        return "field 'query' must not be empty"
+    if len(payload["query"]) > 1000:
+        return "field 'query' is longer than 1000 characters"
+    return None
+
+
+async def encode(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    out = await ctx.infer({"QUERY_TOKENS": word_tokens(payload["query"])})
+    return {"query": payload["query"], "embedding": floats(out["EMBEDDING"])}
+
+
+def top_k(embedding: np.ndarray, k: int = nets.TOP_K) -> np.ndarray:
+    scores = catalog() @ embedding
+    idx = np.argpartition(-scores, k)[:k]
+    return idx[np.argsort(-scores[idx], kind="stable")]
+
+
+async def retrieve(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    emb = np.asarray(payload["embedding"], dtype=np.float32)
+    ids = await ctx.run_cpu(top_k, emb)
+    return {"query": payload["query"], "embedding": payload["embedding"], "candidates": ids.tolist()}
+
+
+async def rank(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    ids = np.asarray(payload["candidates"], dtype=np.int64)
+    out = await ctx.infer(
+        {"QUERY": np.asarray(payload["embedding"], dtype=np.float32), "ITEMS": catalog()[ids]}
+    )
+    scores = out["SCORES"]
+    order = np.argsort(-scores, kind="stable")[:10]
+    return {
+        "query": payload["query"],
+        "items": [{"id": int(ids[i]), "score": float(scores[i])} for i in order],
+    }

@@ -1,0 +1,98 @@
+"""Lua scripts that make each state change of a run atomic in Redis.
+
+SUBMIT   (gateway) create the run record and enqueue the input on every source step's stream.
+COMPLETE (worker)  publish a step's output to each next step (joining where a step has several
+                   predecessors) or record it as a sink output, then XACK - all or nothing. A marker
+                   ``done:<run>:<step>`` makes it idempotent: a message processed twice (reclaimed from a
+                   slow consumer, or redelivered after a crash before the script ran) publishes once.
+FAIL     (worker)  move a message to the dead-letter stream with its error, XACK, and fail the run once.
+"""
+
+from __future__ import annotations
+
+SUBMIT = """
+-- KEYS: run, inflight, source streams...   ARGV: run_id, data, t0, prio, ttl, maxlen
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'created', ARGV[3], 'prio', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('INCR', KEYS[2])
+for i = 3, #KEYS do
+  redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[6], '*',
+             'run', ARGV[1], 'data', ARGV[2], 't0', ARGV[3], 'prio', ARGV[4], 'from', '')
+end
+return 1
+"""
+
+COMPLETE = """
+-- KEYS: own stream, done marker, run, results, inflight, then per next step: stream, join key
+-- ARGV: group, msg_id, run_id, step, output, t0, prio, ttl, maxlen, nsinks, now, then per next: npreds
+local ttl = tonumber(ARGV[8])
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ttl) then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  return 0
+end
+local status = redis.call('HGET', KEYS[3], 'status')
+if status == 'failed' or status == 'done' then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  return 2
+end
+local nnext = (#KEYS - 5) / 2
+for i = 1, nnext do
+  local stream = KEYS[4 + 2 * i]
+  local joink = KEYS[5 + 2 * i]
+  local npreds = tonumber(ARGV[11 + i])
+  if npreds <= 1 then
+    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[9], '*',
+               'run', ARGV[3], 'data', ARGV[5], 't0', ARGV[6], 'prio', ARGV[7], 'from', ARGV[4])
+  else
+    redis.call('HSET', joink, ARGV[4], ARGV[5])
+    redis.call('EXPIRE', joink, ttl)
+    if redis.call('HLEN', joink) >= npreds then
+      local kv = redis.call('HGETALL', joink)
+      local parts = {}
+      for j = 1, #kv, 2 do parts[#parts + 1] = '"' .. kv[j] .. '":' .. kv[j + 1] end
+      redis.call('XADD', stream, 'MAXLEN', '~', ARGV[9], '*', 'run', ARGV[3],
+                 'data', '{' .. table.concat(parts, ',') .. '}', 't0', ARGV[6], 'prio', ARGV[7], 'from', '*')
+      redis.call('DEL', joink)
+    end
+  end
+end
+local finished = 0
+if nnext == 0 then
+  redis.call('HSET', KEYS[3], 'out:' .. ARGV[4], ARGV[5])
+  local n = redis.call('HINCRBY', KEYS[3], 'sinks_done', 1)
+  if n >= tonumber(ARGV[10]) then
+    local kv = redis.call('HGETALL', KEYS[3])
+    local parts = {}
+    for j = 1, #kv, 2 do
+      if string.sub(kv[j], 1, 4) == 'out:' then
+        parts[#parts + 1] = '"' .. string.sub(kv[j], 5) .. '":' .. kv[j + 1]
+      end
+    end
+    redis.call('HSET', KEYS[3], 'status', 'done', 'finished', ARGV[11],
+               'result', '{' .. table.concat(parts, ',') .. '}')
+    redis.call('EXPIRE', KEYS[3], ttl)
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*', 'run', ARGV[3], 'status', 'done')
+    redis.call('DECR', KEYS[5])
+    finished = 1
+  end
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+return 1 + 2 * finished
+"""
+
+FAIL = """
+-- KEYS: own stream, dlq, run, results, inflight, done marker
+-- ARGV: group, msg_id, run_id, step, error, data, attempts, ttl, maxlen, now
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[9], '*', 'run', ARGV[3], 'step', ARGV[4],
+           'error', ARGV[5], 'data', ARGV[6], 'attempts', ARGV[7], 'id', ARGV[2], 'failed_at', ARGV[10])
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+if not redis.call('SET', KEYS[6], 'failed', 'NX', 'EX', tonumber(ARGV[8])) then return 0 end
+local status = redis.call('HGET', KEYS[3], 'status')
+if status == 'failed' or status == 'done' then return 0 end
+redis.call('HSET', KEYS[3], 'status', 'failed', 'error', ARGV[4] .. ': ' .. ARGV[5], 'finished', ARGV[10])
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[8]))
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*', 'run', ARGV[3], 'status', 'failed')
+redis.call('DECR', KEYS[5])
+return 1
+"""
