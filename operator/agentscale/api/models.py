@@ -1,0 +1,536 @@
+"""The AgentWorkflow API (agentscale.io/v1alpha1): the one source of truth.
+
+The CRD in ``crds/`` is generated from these models (``agentscale crd``). Every field carries a description,
+so ``kubectl explain agentworkflow.spec.steps`` teaches the API. Cross-field rules that the API server can
+check are attached as CEL rules (``x-kubernetes-validations``) with ``cel()``; the operator re-validates the
+same object into these models at the boundary and checks what CEL cannot (cycles in ``next``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+GROUP = "agentscale.io"
+VERSION = "v1alpha1"
+KIND = "AgentWorkflow"
+PLURAL = "agentworkflows"
+SINGULAR = "agentworkflow"
+SHORT_NAMES = ["aw"]
+API_VERSION = f"{GROUP}/{VERSION}"
+
+DEFAULT_WORKER_IMAGE = "agentscale/worker:0.1.0"
+DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
+
+MAX_STEPS = 64
+MAX_MODELS = 32
+MAX_NEXT = 16
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# A Kubernetes resource quantity ("500m", "2", "1.5Gi").
+QUANTITY = r"^[+]?[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=DNS_LABEL)]
+Quantity = Annotated[str | int, Field(json_schema_extra={"x-kubernetes-int-or-string": True})]
+
+
+def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, Any]:
+    """One CEL validation rule as the CRD wants it."""
+    out: dict[str, Any] = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    if reason:
+        out["reason"] = reason
+    return out
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", use_attribute_docstrings=False)
+
+
+# --------------------------------------------------------------------------------------------- shared pieces
+
+
+class Priority(StrEnum):
+    critical = "critical"
+    high = "high"
+    normal = "normal"
+    low = "low"
+    batch = "batch"
+
+
+class SLO(_Model):
+    """The service level the workflow must meet end to end."""
+
+    p95LatencyMs: int = Field(
+        1000, ge=1, le=3_600_000, description="End-to-end p95 latency target in milliseconds."
+    )
+    targetThroughputRps: float = Field(
+        10.0, gt=0, le=1_000_000, description="Requests per second the workflow must sustain."
+    )
+
+
+class SecretKeyRef(_Model):
+    """A key in a Secret in the workflow's namespace."""
+
+    name: Name = Field(description="Name of the Secret.")
+    key: str = Field(min_length=1, max_length=253, description="Key within the Secret.")
+
+
+class Queue(_Model):
+    """Where steps hand work to each other: a Redis server (one stream per step)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.redisUrl) != has(self.redisSecretRef)",
+                    "spec.queue: set exactly one of redisUrl or redisSecretRef",
+                )
+            ]
+        }
+    )
+
+    redisUrl: str | None = Field(
+        None,
+        max_length=2048,
+        pattern=r"^rediss?://",
+        description=(
+            "Redis URL, e.g. redis://redis.agentscale-system:6379/0. Use redisSecretRef for passwords."
+        ),
+    )
+    redisSecretRef: SecretKeyRef | None = Field(
+        None, description="A Secret key holding the Redis URL (when it carries credentials)."
+    )
+
+
+class GPUSharing(StrEnum):
+    Exclusive = "Exclusive"
+    TimeSliced = "TimeSliced"
+
+
+class GPU(_Model):
+    """GPUs for each pod: whole GPUs (count), one MIG slice (migProfile), or a time-sliced share."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!(has(self.count) && has(self.migProfile))",
+                    "gpu: set either count (whole GPUs) or migProfile (one MIG slice), not both",
+                ),
+                cel(
+                    "has(self.count) || has(self.migProfile)",
+                    "gpu: set count (whole GPUs) or migProfile (one MIG slice)",
+                ),
+                cel(
+                    "!has(self.migProfile) || self.sharing == 'Exclusive'",
+                    "gpu.sharing: TimeSliced applies to whole GPUs; remove it or remove migProfile",
+                ),
+            ]
+        }
+    )
+
+    count: int | None = Field(
+        None, ge=1, le=16, description="Whole GPUs per pod (resource nvidia.com/gpu). Excludes migProfile."
+    )
+    migProfile: str | None = Field(
+        None,
+        max_length=32,
+        pattern=r"^[1-7]g\.[0-9]+gb(\.me)?$",
+        description="One MIG slice per pod, e.g. 1g.10gb (resource nvidia.com/mig-1g.10gb). Excludes count.",
+    )
+    product: str | None = Field(
+        None,
+        max_length=63,
+        pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+        description=(
+            "GPU model to pin to, as GPU feature discovery labels it (nvidia.com/gpu.product), "
+            "e.g. NVIDIA-H100-80GB-HBM3."
+        ),
+    )
+    sharing: GPUSharing = Field(
+        GPUSharing.Exclusive,
+        description=(
+            "Exclusive requests nvidia.com/gpu; TimeSliced requests nvidia.com/gpu.shared "
+            "(device plugin time-slicing with renameByDefault)."
+        ),
+    )
+
+
+class Resources(_Model):
+    """CPU and memory for each container, as Kubernetes quantities."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict, description="Requests, e.g. {cpu: 500m, memory: 512Mi}."
+    )
+    limits: dict[str, Quantity] = Field(default_factory=dict, description="Limits, e.g. {memory: 1Gi}.")
+
+
+class ScalingMode(StrEnum):
+    fixed = "fixed"
+    hpa = "hpa"
+    queue = "queue"
+    slo = "slo"
+
+
+class Scaling(_Model):
+    """How many replicas run and what moves that number."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.minReplicas <= self.maxReplicas",
+                    "scaling: minReplicas must be less than or equal to maxReplicas",
+                ),
+                cel(
+                    "self.mode != 'fixed' || (self.replicas >= self.minReplicas "
+                    "&& self.replicas <= self.maxReplicas)",
+                    "scaling.replicas must lie within [minReplicas, maxReplicas]",
+                ),
+            ]
+        }
+    )
+
+    mode: ScalingMode = Field(
+        ScalingMode.fixed,
+        description=(
+            "fixed: exactly `replicas`. hpa: a HorizontalPodAutoscaler on CPU utilization. "
+            "queue: the resource controller scales on queue lag (steps) or queue time (models). "
+            "slo: the resource controller scales to hold the workflow's p95 latency."
+        ),
+    )
+    replicas: int = Field(1, ge=0, le=1000, description="Replicas in mode fixed.")
+    minReplicas: int = Field(1, ge=0, le=1000, description="Lower bound for autoscaled modes.")
+    maxReplicas: int = Field(10, ge=1, le=1000, description="Upper bound for autoscaled modes.")
+    targetCPUUtilization: int = Field(
+        70, ge=1, le=100, description="Mode hpa: average CPU utilization (% of requests) to hold."
+    )
+    targetQueueLagPerReplica: int = Field(
+        20, ge=1, le=1_000_000, description="Mode queue, steps: waiting messages per replica to hold."
+    )
+    targetQueueTimeMs: int = Field(
+        20, ge=1, le=600_000, description="Mode queue, models: Triton queue time (ms) to hold."
+    )
+    scaleDownStabilizationSeconds: int = Field(
+        120, ge=0, le=3600, description="Wait this long at a lower recommendation before scaling down."
+    )
+
+
+class BatchKind(StrEnum):
+    AUTO = "AUTO"
+    GPU = "GPU"
+    CPU = "CPU"
+
+
+class InstanceGroup(_Model):
+    """Model instances per Triton server (Triton instance_group)."""
+
+    count: int = Field(1, ge=1, le=64, description="Instances of the model per server.")
+    kind: BatchKind = Field(
+        BatchKind.AUTO, description="Where instances run; AUTO picks GPU when the model requests one."
+    )
+
+
+class DynamicBatching(_Model):
+    """Triton's server-side dynamic batcher."""
+
+    preferredBatchSizes: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Batch sizes the batcher tries to form, each at most maxBatchSize.",
+    )
+    maxQueueDelayMicroseconds: int = Field(
+        100, ge=0, le=10_000_000, description="Longest a request waits for a batch to fill."
+    )
+    preserveOrdering: bool = Field(False, description="Return responses in request order.")
+
+
+class Backend(StrEnum):
+    python = "python"
+    onnxruntime = "onnxruntime"
+    pytorch = "pytorch"
+    tensorflow = "tensorflow"
+    tensorrt = "tensorrt"
+    openvino = "openvino"
+
+
+class EnvVar(_Model):
+    """An environment variable; valueFrom takes a Kubernetes EnvVarSource."""
+
+    name: str = Field(
+        min_length=1, max_length=253, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="Variable name."
+    )
+    value: str | None = Field(None, description="Literal value.")
+    valueFrom: dict[str, Any] | None = Field(
+        None,
+        description="A Kubernetes EnvVarSource (secretKeyRef, configMapKeyRef, fieldRef, ...).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
+# --------------------------------------------------------------------------------------------- models
+
+
+class ModelServer(_Model):
+    """A model the workflow calls, served by NVIDIA Triton (one Deployment and Service per entry)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.dynamicBatching) || self.maxBatchSize > 0",
+                    "dynamicBatching needs maxBatchSize > 0 (Triton only batches models that accept a batch)",
+                ),
+                cel(
+                    "!has(self.dynamicBatching) || "
+                    "self.dynamicBatching.preferredBatchSizes.all(b, b <= self.maxBatchSize)",
+                    "dynamicBatching.preferredBatchSizes must each be at most maxBatchSize",
+                ),
+            ]
+        }
+    )
+
+    name: Name = Field(description="Model name, as Triton knows it; a DNS-1123 label.")
+    image: str = Field(DEFAULT_TRITON_IMAGE, min_length=1, max_length=512, description="Triton image.")
+    modelRepository: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=r"^(file:///|/|pvc://)",
+        description=(
+            "Where the model lives: a path inside the image (file:///models or /models) or on a "
+            "PersistentVolumeClaim (pvc://<claim>/<path>). The model is read from <repository>/<name>."
+        ),
+    )
+    backend: Backend = Field(Backend.python, description="Triton backend that runs the model.")
+    maxBatchSize: int = Field(
+        8, ge=0, le=65536, description="Largest batch Triton may form; 0 disables batching."
+    )
+    dynamicBatching: DynamicBatching | None = Field(
+        None, description="Server-side dynamic batching; omit to run each request on its own."
+    )
+    instanceGroups: list[InstanceGroup] = Field(
+        default_factory=lambda: [InstanceGroup()],
+        min_length=1,
+        max_length=8,
+        description="Model instances per server.",
+    )
+    parameters: dict[str, str] = Field(
+        default_factory=dict, description="String parameters passed to the model (config.pbtxt parameters)."
+    )
+    gpu: GPU | None = Field(None, description="GPUs per server pod; omit to run on CPU.")
+    resources: Resources = Field(default_factory=Resources, description="CPU and memory per server pod.")
+    scaling: Scaling = Field(default_factory=Scaling, description="Replicas of the model server.")
+
+
+# --------------------------------------------------------------------------------------------- steps
+
+
+class ClientBatch(_Model):
+    """Micro-batching in the step worker before it calls its model."""
+
+    maxSize: int = Field(1, ge=1, le=65536, description="Largest batch a worker sends in one call.")
+    maxWaitMs: int = Field(5, ge=0, le=60_000, description="Longest a message waits for a batch to fill.")
+
+
+class LoadBalancing(StrEnum):
+    least_outstanding = "least-outstanding"
+    power_of_two = "power-of-two"
+    round_robin = "round-robin"
+
+
+class Step(_Model):
+    """An agent step: a worker Deployment that consumes its queue, calls its model and feeds `next`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!self.next.exists(n, n == self.name)",
+                    "a step cannot name itself in next (that is a cycle)",
+                ),
+            ]
+        }
+    )
+
+    name: Name = Field(description="Step name; a DNS-1123 label.")
+    image: str = Field(DEFAULT_WORKER_IMAGE, min_length=1, max_length=512, description="Worker image.")
+    command: list[Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=list, max_length=64, description="Container command (entrypoint)."
+    )
+    args: list[Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=list, max_length=256, description="Container arguments."
+    )
+    env: list[EnvVar] = Field(default_factory=list, max_length=128, description="Extra environment.")
+    model: Name | None = Field(None, description="Name of the entry in spec.models this step calls.")
+    concurrency: int = Field(8, ge=1, le=10_000, description="Messages one worker processes at once.")
+    batch: ClientBatch = Field(default_factory=ClientBatch, description="Client-side micro-batching.")
+    loadBalancing: LoadBalancing = Field(
+        LoadBalancing.least_outstanding, description="How a worker spreads calls across model replicas."
+    )
+    maxDeliveries: int = Field(
+        5, ge=1, le=100, description="Attempts before a message goes to the dead-letter stream."
+    )
+    resources: Resources = Field(default_factory=Resources, description="CPU and memory per worker pod.")
+    gpu: GPU | None = Field(None, description="GPUs per worker pod (most steps need none).")
+    scaling: Scaling = Field(default_factory=Scaling, description="Replicas of the worker.")
+    next: list[Name] = Field(
+        default_factory=list,
+        max_length=MAX_NEXT,
+        description="Steps this one feeds (the workflow is a DAG; a step with several inputs joins them).",
+    )
+
+
+class Gateway(_Model):
+    """The HTTP entry of the workflow (sync runs, submit-then-poll, admission control)."""
+
+    enabled: bool = Field(True, description="Render the gateway Deployment and Service.")
+    image: str = Field(DEFAULT_WORKER_IMAGE, min_length=1, max_length=512, description="Gateway image.")
+    replicas: int = Field(1, ge=1, le=100, description="Gateway replicas.")
+    resources: Resources = Field(default_factory=Resources, description="CPU and memory per gateway pod.")
+
+
+# --------------------------------------------------------------------------------------------- the spec
+
+_UNIQUE_STEPS = "self.steps.all(s, self.steps.exists_one(t, t.name == s.name))"
+_UNIQUE_MODELS = "self.models.all(m, self.models.exists_one(n, n.name == m.name))"
+
+
+class AgentWorkflowSpec(_Model):
+    """What the workflow runs and the service level it must meet."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(_UNIQUE_STEPS, "spec.steps: step names must be unique", "", "FieldValueDuplicate"),
+                cel(_UNIQUE_MODELS, "spec.models: model names must be unique", "", "FieldValueDuplicate"),
+                cel(
+                    "self.steps.all(s, !has(s.model) || self.models.exists(m, m.name == s.model))",
+                    "spec.steps[].model must name an entry of spec.models; add the model or fix the name",
+                    "",
+                    "FieldValueInvalid",
+                ),
+                cel(
+                    "self.steps.all(s, s.next.all(n, self.steps.exists(t, t.name == n)))",
+                    "spec.steps[].next must name steps defined in spec.steps; add the step or fix the name",
+                    "",
+                    "FieldValueInvalid",
+                ),
+                cel(
+                    "self.steps.all(s, !self.models.exists(m, m.name == s.name))",
+                    "a step and a model cannot share a name (both become <workflow>-<name> objects); "
+                    "rename one",
+                    "",
+                    "FieldValueDuplicate",
+                ),
+                cel(
+                    "self.steps.all(s, s.name != 'gateway') && self.models.all(m, m.name != 'gateway')",
+                    "'gateway' is reserved for the workflow's gateway; rename the step or model",
+                    "",
+                    "FieldValueInvalid",
+                ),
+            ]
+        }
+    )
+
+    slo: SLO = Field(default_factory=SLO, description="Service level the workflow must meet.")
+    priority: Priority = Field(
+        Priority.normal,
+        description="Workflow priority: gateway admission sheds lower priorities first under load.",
+    )
+    priorityClassName: str | None = Field(
+        None, max_length=253, description="PriorityClass for every pod of the workflow (must exist)."
+    )
+    queue: Queue = Field(description="The Redis server that carries messages between steps.")
+    gateway: Gateway = Field(default_factory=Gateway, description="The workflow's HTTP entry.")
+    models: list[ModelServer] = Field(
+        default_factory=list,
+        max_length=MAX_MODELS,
+        description="Triton model servers the steps call.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    steps: list[Step] = Field(
+        min_length=1,
+        max_length=MAX_STEPS,
+        description="The agent steps; `next` links them into a DAG.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+
+# --------------------------------------------------------------------------------------------- status
+
+
+class Condition(_Model):
+    """A Kubernetes-style condition."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: str = Field(description="Ready, Progressing, Degraded, GPUCapacityShort, ...")
+    status: str = Field(description="True, False or Unknown.")
+    reason: str = Field("", description="One CamelCase word.")
+    message: str = Field("", description="What happened, in words a person can act on.")
+    lastTransitionTime: str = Field("", description="When status last changed (RFC 3339).")
+    observedGeneration: int = Field(0, description="The spec generation this condition describes.")
+
+
+class ReplicaStatus(_Model):
+    """Replicas of one step or model server."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    desired: int = Field(0, description="Replicas the Deployment asks for.")
+    ready: int = Field(0, description="Replicas ready to serve.")
+    pending: int = Field(0, description="Pods that cannot be scheduled.")
+
+
+class ScalingDecision(_Model):
+    """The last replica change the operator or resource controller made."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    time: str = Field("", description="When (RFC 3339).")
+    target: str = Field("", description="step/<name> or model/<name>.")
+    fromReplicas: int = Field(0, description="Replicas before.")
+    toReplicas: int = Field(0, description="Replicas after.")
+    reason: str = Field("", description="Why.")
+
+
+class AgentWorkflowStatus(_Model):
+    """What the operator observed."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    observedGeneration: int = Field(0, description="The spec generation the status describes.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded, ...")
+    steps: dict[str, ReplicaStatus] = Field(default_factory=dict, description="Per-step replicas.")
+    models: dict[str, ReplicaStatus] = Field(default_factory=dict, description="Per-model replicas.")
+    stepsReady: str = Field("", description="Steps with all desired replicas ready, e.g. 3/3.")
+    modelsReady: str = Field("", description="Models with all desired replicas ready, e.g. 2/2.")
+    gpus: int = Field(
+        0, description="GPUs (whole or MIG slices) the workflow's pods request at desired scale."
+    )
+    lastScalingDecision: ScalingDecision | None = Field(None, description="The last replica change.")
+    endpoints: dict[str, str] = Field(default_factory=dict, description="Where to send requests.")
+
+
+class AgentWorkflow(_Model):
+    """An AI agent workflow: models, the steps that call them, and its service level."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    apiVersion: str = Field(API_VERSION)
+    kind: str = Field(KIND)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: AgentWorkflowSpec
+    status: AgentWorkflowStatus | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name", ""))
+
+    @property
+    def namespace(self) -> str:
+        return str(self.metadata.get("namespace") or "default")

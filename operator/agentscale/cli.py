@@ -1,0 +1,112 @@
+"""The `agentscale` command: generate the CRD, render or validate workflows, run the operator."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agentscale.api.crd import render_crd_yaml
+from agentscale.api.models import KIND, AgentWorkflow
+from agentscale.api.validation import InvalidSpec, parse_spec
+from agentscale.render import render_workflow
+
+CRD_PATH = Path("crds/agentscale.io_agentworkflows.yaml")
+
+
+def _load(path: str) -> list[dict[str, Any]]:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    return [d for d in yaml.safe_load_all(text) if isinstance(d, dict) and d.get("kind") == KIND]
+
+
+def _workflow(doc: dict[str, Any]) -> AgentWorkflow:
+    spec = parse_spec(doc.get("spec") or {})
+    meta = doc.get("metadata") or {}
+    return AgentWorkflow(
+        metadata={"name": meta.get("name", ""), "namespace": meta.get("namespace")}, spec=spec
+    )
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    text = render_crd_yaml()
+    if args.write:
+        Path(args.write).write_text(text)
+        print(f"wrote {args.write}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    docs: list[dict[str, Any]] = []
+    for path in args.file:
+        for doc in _load(path):
+            try:
+                docs.extend(render_workflow(_workflow(doc)))
+            except InvalidSpec as exc:
+                print(f"{path}: {doc.get('metadata', {}).get('name')}: {exc}", file=sys.stderr)
+                return 1
+    sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    bad = 0
+    for path in args.file:
+        for doc in _load(path):
+            name = (doc.get("metadata") or {}).get("name")
+            try:
+                _workflow(doc)
+                print(f"{path}: {name}: ok")
+            except InvalidSpec as exc:
+                bad += 1
+                for problem in exc.problems:
+                    print(f"{path}: {name}: {problem}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import kopf
+
+    import agentscale.handlers  # noqa: F401  (registers the handlers)
+
+    namespaces = args.namespace or []
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            standalone=args.standalone,
+            liveness_endpoint=args.liveness,
+        )
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="agentscale", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("crd", help="print the CRD generated from the API models")
+    p.add_argument("--write", metavar="PATH", help=f"write it to PATH (the repo keeps it at {CRD_PATH})")
+    p.set_defaults(fn=cmd_crd)
+    p = sub.add_parser("render", help="print the Kubernetes objects a workflow file becomes")
+    p.add_argument("file", nargs="+", help="workflow YAML files ('-' for stdin)")
+    p.set_defaults(fn=cmd_render)
+    p = sub.add_parser("validate", help="check workflow files the way the operator does")
+    p.add_argument("file", nargs="+")
+    p.set_defaults(fn=cmd_validate)
+    p = sub.add_parser("run", help="run the operator against the current kubeconfig or in-cluster")
+    p.add_argument("-n", "--namespace", action="append", help="watch only these namespaces (repeatable)")
+    p.add_argument("--standalone", action="store_true", help="no peering (single replica, local runs)")
+    p.add_argument("--liveness", default=None, help="e.g. http://0.0.0.0:8080/healthz")
+    p.set_defaults(fn=cmd_run)
+    args = parser.parse_args(argv)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,162 @@
+"""kopf registration only: events in, calls into agentscale.runtime out."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, cast
+
+import kopf
+
+from agentscale.api import models as m
+from agentscale.kube import ApiError, KubeClient
+from agentscale.reconcile import ExistingChild
+from agentscale.render import labels as L
+from agentscale.runtime import Operator
+from agentscale.status import pending_pod, summarize_deployment
+
+OWNED: dict[str, Any] = {
+    "app.kubernetes.io/managed-by": L.MANAGED_BY,
+    L.WORKFLOW_LABEL: kopf.PRESENT,
+}
+WORKFLOWS = (m.GROUP, m.VERSION, m.PLURAL)
+
+
+def _login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
+    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+    if info is None:
+        raise kopf.PermanentError("No Kubernetes credentials: set KUBECONFIG or run in a pod.")
+    return info
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    prefix = "agentscale.io"
+    settings.persistence.finalizer = f"{prefix}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=prefix, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING  # log lines are not Events; we post Events ourselves
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    settings.execution.max_workers = 4
+    client = KubeClient.from_connection(_login(settings), L.FIELD_MANAGER, limit=64)
+    memo.op = Operator(client, debounce=float(os.environ.get("AGENTSCALE_STATUS_DEBOUNCE", "0.2")))
+    memo.op.start()
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    await memo.op.stop()
+
+
+def _post(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    target = cast(kopf.Body, body)
+    if type_ == "Warning":
+        kopf.warn(target, reason=reason, message=message)
+    else:
+        kopf.info(target, reason=reason, message=message)
+
+
+# ---------------------------------------------------------------------------------------------- indexes
+
+
+@kopf.index(*WORKFLOWS)
+def workflows_idx(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {
+        (namespace, name): {
+            "spec": dict(body.get("spec") or {}),
+            "status": dict(body.get("status") or {}),
+            "generation": body.metadata.get("generation") or 0,
+            "uid": body.metadata.uid,
+            "deleting": bool(body.metadata.get("deletionTimestamp")),
+        }
+    }
+
+
+@kopf.index("apps", "v1", "deployments", labels=OWNED)
+def deployments_idx(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, labels[L.WORKFLOW_LABEL]): summarize_deployment(body)}
+
+
+def _child(kind: str) -> Any:
+    def index(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        digest = (body.metadata.annotations or {}).get(L.HASH_ANNOTATION, "")
+        return {(namespace, labels[L.WORKFLOW_LABEL]): ExistingChild(kind, body.metadata.name or "", digest)}
+
+    return index
+
+
+# Spec hashes of the other owned kinds, so a no-op reconcile compares and writes nothing.
+kopf.index("", "v1", "configmaps", labels=OWNED, id="configmaps_idx")(_child("ConfigMap"))
+kopf.index("", "v1", "services", labels=OWNED, id="services_idx")(_child("Service"))
+kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=OWNED, id="hpas_idx")(
+    _child("HorizontalPodAutoscaler")
+)
+kopf.index("policy", "v1", "poddisruptionbudgets", labels=OWNED, id="pdbs_idx")(_child("PodDisruptionBudget"))
+
+
+@kopf.index("", "v1", "pods", labels=OWNED)
+def pods_idx(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    p = pending_pod(body)
+    return {(namespace, labels[L.WORKFLOW_LABEL]): p} if p is not None else {}
+
+
+# ---------------------------------------------------------------------------------------------- reconcile
+
+
+@kopf.on.resume(*WORKFLOWS)
+@kopf.on.create(*WORKFLOWS)
+@kopf.on.update(*WORKFLOWS, field="spec")
+async def reconcile(
+    body: kopf.Body,
+    spec: kopf.Spec,
+    meta: kopf.Meta,
+    namespace: str,
+    name: str,
+    memo: kopf.Memo,
+    **kwargs: Any,
+) -> None:
+    op: Operator = memo.op
+    op.bind(kwargs)
+    try:
+        await op.reconcile((namespace, name), spec, meta.get("generation") or 0, meta.uid or "", _post, body)
+    except ApiError as exc:
+        raise kopf.TemporaryError(str(exc), delay=5) from exc
+
+
+@kopf.on.event(*WORKFLOWS)
+def workflow_gone(type: str, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    if type == "DELETED":
+        memo.op.forget((namespace, name))
+
+
+async def _child_event(
+    type: str, namespace: str, labels: Mapping[str, str], memo: kopf.Memo, **kw: Any
+) -> None:
+    op: Operator = memo.op
+    op.bind(kw)
+    key = (namespace, labels.get(L.WORKFLOW_LABEL, ""))
+    if type == "DELETED":
+        record = op.workflow_record(key)
+        st = op.state.get(key)
+        if record and not record["deleting"] and st is not None and st.workflow is not None:
+            # Someone deleted a child we still want: put it back (level-triggered, not event-chained).
+            try:
+                ref = {
+                    "apiVersion": m.API_VERSION,
+                    "kind": m.KIND,
+                    "metadata": {"name": key[1], "namespace": namespace, "uid": record["uid"]},
+                }
+                await op.reconcile(key, record["spec"], record["generation"], record["uid"], _post, ref)
+            except ApiError as exc:
+                raise kopf.TemporaryError(str(exc), delay=5) from exc
+            return
+    op.request_refresh(key)
+
+
+kopf.on.event("apps", "v1", "deployments", labels=OWNED, id="deployment_event")(_child_event)
+kopf.on.event("", "v1", "pods", labels=OWNED, id="pod_event")(_child_event)

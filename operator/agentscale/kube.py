@@ -1,0 +1,172 @@
+"""A small async Kubernetes client on aiohttp: server-side apply, delete, status and scale patches.
+
+Why not a general client: kopf already brings aiohttp and a credential chain (kubeconfig, service account);
+server-side apply is one PATCH with a content type, and dicts in and out keep the hot path free of model
+(de)serialisation. Credentials come from kopf's own login functions so the operator and this client agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import kopf
+
+log = logging.getLogger(__name__)
+
+# Core and the API groups we render into.
+_PLURALS = {
+    ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Service"): "services",
+    ("v1", "Pod"): "pods",
+    ("v1", "Event"): "events",
+    ("apps/v1", "Deployment"): "deployments",
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
+    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("agentscale.io/v1alpha1", "AgentWorkflow"): "agentworkflows",
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: dict[str, Any] | str, what: str) -> None:
+        self.status = status
+        self.body = body
+        msg = body.get("message", "") if isinstance(body, dict) else body
+        super().__init__(f"{what}: HTTP {status}: {msg}")
+
+    @property
+    def message(self) -> str:
+        return str(self.body.get("message", "")) if isinstance(self.body, dict) else str(self.body)
+
+    @property
+    def permanent(self) -> bool:
+        """The request itself is wrong (invalid object, forbidden): retrying the same request won't help."""
+        return self.status in (400, 403, 422)
+
+
+def object_path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
+    plural = _PLURALS[(api_version, kind)]
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    path = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
+    return f"{path}/{name}" if name else path
+
+
+@dataclass
+class KubeClient:
+    server: str
+    session: aiohttp.ClientSession
+    field_manager: str = "agentscale"
+
+    @classmethod
+    def from_connection(cls, info: kopf.ConnectionInfo, field_manager: str, limit: int = 32) -> KubeClient:
+        connector = aiohttp.TCPConnector(
+            ssl=info.as_ssl_context() if info.server.startswith("https") else False, limit=limit
+        )
+        session = aiohttp.ClientSession(
+            connector=connector,
+            headers={**info.as_http_headers(), "Accept": "application/json"},
+            timeout=aiohttp.ClientTimeout(total=60),
+        )
+        return cls(server=info.server.rstrip("/"), session=session, field_manager=field_manager)
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        data = json.dumps(body) if body is not None else None
+        headers = {"Content-Type": content_type} if data is not None else None
+        for attempt in range(4):
+            try:
+                async with self.session.request(
+                    method, self.server + path, params=params, data=data, headers=headers
+                ) as resp:
+                    text = await resp.text()
+                    if (resp.status == 429 or resp.status >= 500) and attempt < 3:
+                        retry = float(resp.headers.get("Retry-After", 0.2 * 2**attempt))
+                        await asyncio.sleep(min(retry, 5.0))
+                        continue
+                    if resp.status >= 400:
+                        try:
+                            parsed: dict[str, Any] | str = json.loads(text)
+                        except ValueError:
+                            parsed = text
+                        raise ApiError(resp.status, parsed, what)
+                    return json.loads(text) if text else {}
+            except (TimeoutError, aiohttp.ClientConnectionError):
+                if attempt == 3:
+                    raise
+                await asyncio.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def apply(self, obj: dict[str, Any], force: bool = True) -> dict[str, Any]:
+        """Server-side apply of a full object under our field manager."""
+        meta = obj["metadata"]
+        path = object_path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+        params = {"fieldManager": self.field_manager, "force": "true" if force else "false"}
+        return await self._request(
+            "PATCH",
+            path,
+            f"apply {obj['kind']} {meta['name']}",
+            params=params,
+            body=obj,
+            content_type="application/apply-patch+yaml",
+        )
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Delete in the background (dependents go with it). False if it was already gone."""
+        try:
+            await self._request(
+                "DELETE",
+                object_path(api_version, kind, namespace, name),
+                f"delete {kind} {name}",
+                body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: Any) -> None:
+        path = object_path(api_version, kind, namespace, name) + "/status"
+        await self._request(
+            "PATCH",
+            path,
+            f"status of {kind} {name}",
+            body={"status": status},
+            content_type="application/merge-patch+json",
+        )
+
+    async def scale(self, namespace: str, name: str, replicas: int) -> None:
+        path = object_path("apps/v1", "Deployment", namespace, name) + "/scale"
+        await self._request(
+            "PATCH",
+            path,
+            f"scale Deployment {name}",
+            params={"fieldManager": self.field_manager + "-scaler"},
+            body={"spec": {"replicas": replicas}},
+            content_type="application/merge-patch+json",
+        )
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._request(
+                "GET", object_path(api_version, kind, namespace, name), f"get {kind} {name}"
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise

@@ -1,0 +1,121 @@
+"""Desired versus existing children: a pure plan, then a thin executor that applies it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentscale.api.models import AgentWorkflow, ScalingMode
+from agentscale.kube import ApiError, KubeClient
+from agentscale.render import ChildKey, child_key
+from agentscale.render import labels as L
+
+# The kinds a workflow may own, in the order we apply them.
+CHILD_KINDS: dict[str, str] = {
+    "ConfigMap": "v1",
+    "Service": "v1",
+    "Deployment": "apps/v1",
+    "HorizontalPodAutoscaler": "autoscaling/v2",
+    "PodDisruptionBudget": "policy/v1",
+}
+
+
+@dataclass(frozen=True)
+class ExistingChild:
+    kind: str
+    name: str
+    spec_hash: str
+    replicas: int | None = None  # Deployments only
+
+
+@dataclass
+class Plan:
+    apply: list[dict[str, Any]] = field(default_factory=list)
+    prune: list[ExistingChild] = field(default_factory=list)
+    scale: list[tuple[str, int, int]] = field(default_factory=list)  # (deployment, from, to)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.apply or self.prune or self.scale)
+
+
+def _bounds(wf: AgentWorkflow) -> dict[str, tuple[int, int]]:
+    """Replica bounds of every Deployment whose replicas an autoscaler other than an HPA owns."""
+    out: dict[str, tuple[int, int]] = {}
+    for name, sc in [(s.name, s.scaling) for s in wf.spec.steps] + [
+        (m.name, m.scaling) for m in wf.spec.models
+    ]:
+        if sc.mode in (ScalingMode.queue, ScalingMode.slo):
+            out[L.child_name(wf, name)] = (sc.minReplicas, sc.maxReplicas)
+    return out
+
+
+def plan_children(
+    wf: AgentWorkflow, desired: Iterable[dict[str, Any]], existing: Mapping[ChildKey, ExistingChild]
+) -> Plan:
+    """Apply what is missing or differs (by spec hash), prune what the spec no longer names, and clamp
+    replicas into [min, max] for Deployments scaled by the resource controller."""
+    plan = Plan()
+    wanted: set[ChildKey] = set()
+    for obj in desired:
+        key = child_key(obj)
+        wanted.add(key)
+        have = existing.get(key)
+        if have is None or have.spec_hash != obj["metadata"]["annotations"][L.HASH_ANNOTATION]:
+            plan.apply.append(obj)
+    plan.prune = sorted((c for k, c in existing.items() if k not in wanted), key=lambda c: (c.kind, c.name))
+    for name, (lo, hi) in sorted(_bounds(wf).items()):
+        have = existing.get(("Deployment", name))
+        if have is None or have.replicas is None:
+            continue
+        target = min(max(have.replicas, lo), hi)
+        if target != have.replicas:
+            plan.scale.append((name, have.replicas, target))
+    return plan
+
+
+@dataclass
+class Outcome:
+    applied: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+    scaled: list[tuple[str, int, int]] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)  # permanent API errors (invalid objects)
+
+
+async def execute(client: KubeClient, namespace: str, plan: Plan, concurrency: int = 8) -> Outcome:
+    """Carry out a plan. Transient errors raise (the caller retries); rejections are collected."""
+    out = Outcome()
+    gate = asyncio.Semaphore(concurrency)
+
+    async def apply(obj: dict[str, Any]) -> None:
+        async with gate:
+            try:
+                await client.apply(obj)
+                out.applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
+            except ApiError as exc:
+                if not exc.permanent:
+                    raise
+                out.rejected.append(f"{obj['kind']}/{obj['metadata']['name']}: {exc.message}")
+
+    async def prune(child: ExistingChild) -> None:
+        async with gate:
+            await client.delete(CHILD_KINDS[child.kind], child.kind, namespace, child.name)
+            out.pruned.append(f"{child.kind}/{child.name}")
+
+    async def scale(name: str, old: int, new: int) -> None:
+        async with gate:
+            await client.scale(namespace, name, new)
+            out.scaled.append((name, old, new))
+
+    # ConfigMaps and Services first, so servers never start without their config.
+    first = [o for o in plan.apply if o["kind"] in ("ConfigMap", "Service")]
+    rest = [o for o in plan.apply if o["kind"] not in ("ConfigMap", "Service")]
+    await asyncio.gather(*(apply(o) for o in first))
+    await asyncio.gather(
+        *(apply(o) for o in rest),
+        *(prune(c) for c in plan.prune),
+        *(scale(*s) for s in plan.scale),
+    )
+    return out

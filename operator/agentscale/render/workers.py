@@ -1,0 +1,216 @@
+"""Step worker and gateway Deployments (and the gateway Service)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from agentscale.api.models import AgentWorkflow, ScalingMode, Step
+from agentscale.render import labels as L
+from agentscale.render import pods
+
+METRICS_PORT = 9090
+GATEWAY_PORT = 8080
+WORKER_DEFAULT_REQUESTS = {"cpu": "100m", "memory": "128Mi"}
+
+
+def graph_json(wf: AgentWorkflow) -> str:
+    """The DAG every worker and the gateway read from AGENTSCALE_GRAPH (compact, stable key order)."""
+    graph = {
+        "steps": {s.name: {"model": s.model, "next": list(s.next)} for s in wf.spec.steps},
+        "priority": wf.spec.priority.value,
+        "slo": {
+            "p95LatencyMs": wf.spec.slo.p95LatencyMs,
+            "targetThroughputRps": wf.spec.slo.targetThroughputRps,
+        },
+    }
+    return json.dumps(graph, separators=(",", ":"), sort_keys=True)
+
+
+def _redis_env(wf: AgentWorkflow) -> dict[str, Any]:
+    q = wf.spec.queue
+    if q.redisSecretRef is not None:
+        ref = q.redisSecretRef
+        return {
+            "name": "AGENTSCALE_REDIS_URL",
+            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+        }
+    return {"name": "AGENTSCALE_REDIS_URL", "value": q.redisUrl or ""}
+
+
+def common_env(wf: AgentWorkflow) -> list[dict[str, Any]]:
+    return [
+        {"name": "AGENTSCALE_WORKFLOW", "value": wf.name},
+        {"name": "AGENTSCALE_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        _redis_env(wf),
+        {"name": "AGENTSCALE_GRAPH", "value": graph_json(wf)},
+        {"name": "AGENTSCALE_PRIORITY", "value": wf.spec.priority.value},
+        {"name": "AGENTSCALE_METRICS_PORT", "value": str(METRICS_PORT)},
+    ]
+
+
+def step_env(wf: AgentWorkflow, step: Step) -> list[dict[str, Any]]:
+    env = common_env(wf)
+    env += [
+        {"name": "AGENTSCALE_STEP", "value": step.name},
+        {"name": "AGENTSCALE_MODEL", "value": step.model or ""},
+        {"name": "AGENTSCALE_TRITON_HOST", "value": L.child_name(wf, step.model) if step.model else ""},
+        {"name": "AGENTSCALE_TRITON_GRPC_PORT", "value": "8001"},
+        {"name": "AGENTSCALE_TRITON_HTTP_PORT", "value": "8000"},
+        {"name": "AGENTSCALE_CONCURRENCY", "value": str(step.concurrency)},
+        {"name": "AGENTSCALE_BATCH_MAX_SIZE", "value": str(step.batch.maxSize)},
+        {"name": "AGENTSCALE_BATCH_MAX_WAIT_MS", "value": str(step.batch.maxWaitMs)},
+        {"name": "AGENTSCALE_LOAD_BALANCING", "value": step.loadBalancing.value},
+        {"name": "AGENTSCALE_MAX_DELIVERIES", "value": str(step.maxDeliveries)},
+    ]
+    # User env last, so a user can override a default on purpose.
+    env += [e.model_dump(exclude_none=True) for e in step.env]
+    return env
+
+
+def _probes(port: str) -> dict[str, Any]:
+    return {
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": port},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": port},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+    }
+
+
+def _pod_template(
+    wf: AgentWorkflow,
+    component: str,
+    part: str | None,
+    container: dict[str, Any],
+    gpu: Any,
+    grace: int,
+) -> dict[str, Any]:
+    selector = L.selector_labels(wf, component, part)
+    pod_spec: dict[str, Any] = {
+        "securityContext": dict(pods.POD_SECURITY),
+        "terminationGracePeriodSeconds": grace,
+        "enableServiceLinks": False,
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        **pods.placement(gpu, selector),
+    }
+    if wf.spec.priorityClassName:
+        pod_spec["priorityClassName"] = wf.spec.priorityClassName
+    return {
+        "metadata": {
+            "labels": L.labels(wf, component, part),
+            "annotations": {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(METRICS_PORT),
+                "prometheus.io/path": "/metrics",
+            },
+        },
+        "spec": pod_spec,
+    }
+
+
+def _deployment(
+    wf: AgentWorkflow,
+    name: str,
+    component: str,
+    part: str | None,
+    replicas: int | None,
+    template: dict[str, Any],
+    gpu: Any,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": L.selector_labels(wf, component, part)},
+        "revisionHistoryLimit": 3,
+        "strategy": pods.strategy(gpu),
+        "template": template,
+    }
+    if replicas is not None:
+        spec["replicas"] = replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": wf.namespace, "labels": L.labels(wf, component, part)},
+        "spec": spec,
+    }
+
+
+def managed_replicas(mode: ScalingMode, replicas: int) -> int | None:
+    """Replicas the operator writes; None where an autoscaler owns the field (hpa, queue, slo)."""
+    return replicas if mode == ScalingMode.fixed else None
+
+
+def step_deployment(wf: AgentWorkflow, step: Step) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": step.image,
+        "imagePullPolicy": "IfNotPresent",
+        "env": step_env(wf, step),
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        "resources": pods.resources(step.resources, step.gpu, WORKER_DEFAULT_REQUESTS),
+        "securityContext": dict(pods.CONTAINER_SECURITY),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        **_probes("metrics"),
+    }
+    if step.command:
+        container["command"] = list(step.command)
+    else:
+        container["command"] = ["agentscale-worker", "step"]
+    if step.args:
+        container["args"] = list(step.args)
+    template = _pod_template(wf, L.STEP, step.name, container, step.gpu, grace=60)
+    return _deployment(
+        wf,
+        L.child_name(wf, step.name),
+        L.STEP,
+        step.name,
+        managed_replicas(step.scaling.mode, step.scaling.replicas),
+        template,
+        step.gpu,
+    )
+
+
+def gateway_deployment(wf: AgentWorkflow) -> dict[str, Any]:
+    gw = wf.spec.gateway
+    container: dict[str, Any] = {
+        "name": "gateway",
+        "image": gw.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["agentscale-worker", "gateway"],
+        "env": common_env(wf),
+        "ports": [
+            {"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "resources": pods.resources(gw.resources, None, WORKER_DEFAULT_REQUESTS),
+        "securityContext": dict(pods.CONTAINER_SECURITY),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        **_probes("metrics"),
+    }
+    template = _pod_template(wf, L.GATEWAY, None, container, None, grace=30)
+    return _deployment(wf, L.child_name(wf, "gateway"), L.GATEWAY, None, gw.replicas, template, None)
+
+
+def gateway_service(wf: AgentWorkflow) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": L.child_name(wf, "gateway"),
+            "namespace": wf.namespace,
+            "labels": L.labels(wf, L.GATEWAY),
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": L.selector_labels(wf, L.GATEWAY),
+            "ports": [
+                {"name": "http", "port": GATEWAY_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        },
+    }

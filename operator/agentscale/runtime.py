@@ -1,0 +1,198 @@
+"""The operator's domain: reconcile one workflow, keep its status current. kopf wiring lives in handlers.py.
+
+State kept in memory is only a cache of what the API server says (kopf indexes) plus what this process last
+wrote; every decision is recomputed from it, so a restart converges to the same result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentscale.api.models import API_VERSION, KIND, AgentWorkflow
+from agentscale.api.validation import InvalidSpec, parse_spec
+from agentscale.kube import ApiError, KubeClient
+from agentscale.reconcile import ExistingChild, Outcome, Plan, execute, plan_children
+from agentscale.render import ChildKey, render_workflow
+from agentscale.status import DeploymentSummary, Observed, PendingPod, compute_status, status_patch
+
+log = logging.getLogger("agentscale")
+
+Key = tuple[str, str]  # (namespace, workflow name)
+EventPoster = Callable[[Mapping[str, Any], str, str, str], None]  # (body, type, reason, message)
+
+
+@dataclass
+class WorkflowState:
+    generation: int
+    workflow: AgentWorkflow | None
+    problems: list[str] = field(default_factory=list)
+    apply_error: str = ""
+
+
+def _first(store: Any) -> Any:
+    for item in store or ():
+        return item
+    return None
+
+
+class Operator:
+    """One per process; kept in kopf's memo."""
+
+    def __init__(self, client: KubeClient, debounce: float = 0.2, status_concurrency: int = 16) -> None:
+        self.client = client
+        self.debounce = debounce
+        self.status_concurrency = status_concurrency
+        self.state: dict[Key, WorkflowState] = {}
+        self.written: dict[Key, dict[str, Any]] = {}
+        self.indexes: dict[str, Any] = {}
+        self._dirty: set[Key] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ indexes (kopf gives them to handlers)
+
+    def bind(self, kwargs: Mapping[str, Any]) -> None:
+        for name, value in kwargs.items():
+            if name.endswith("_idx") and name not in self.indexes:
+                self.indexes[name] = value
+
+    def _values(self, index: str, key: Key) -> Iterable[Any]:
+        idx = self.indexes.get(index)
+        if idx is None or key not in idx:
+            return ()
+        return list(idx[key])
+
+    def existing_children(self, key: Key) -> dict[ChildKey, ExistingChild]:
+        out: dict[ChildKey, ExistingChild] = {}
+        for d in self._values("deployments_idx", key):
+            out[("Deployment", d.name)] = ExistingChild("Deployment", d.name, d.spec_hash, d.desired)
+        for index in ("configmaps_idx", "services_idx", "hpas_idx", "pdbs_idx"):
+            for c in self._values(index, key):
+                out[(c.kind, c.name)] = c
+        return out
+
+    def deployments(self, key: Key) -> list[DeploymentSummary]:
+        return list(self._values("deployments_idx", key))
+
+    def pending(self, key: Key) -> list[PendingPod]:
+        return list(self._values("pods_idx", key))
+
+    def workflow_record(self, key: Key) -> Mapping[str, Any] | None:
+        record: Mapping[str, Any] | None = _first(self._values("workflows_idx", key))
+        return record
+
+    # ------------------------------------------------------------------ reconcile
+
+    async def reconcile(
+        self, key: Key, spec: Mapping[str, Any], generation: int, uid: str, post: EventPoster, body: Any
+    ) -> Outcome | None:
+        """Render, diff against the children that exist, apply the difference, refresh status.
+
+        Invalid input never raises: it becomes a Degraded/InvalidSpec condition and a Warning Event.
+        Transient API errors raise ApiError (kopf retries with backoff).
+        """
+        namespace, name = key
+        try:
+            parsed = parse_spec(spec)
+        except InvalidSpec as exc:
+            changed = self.state.get(key, WorkflowState(-1, None)).problems != exc.problems
+            self.state[key] = WorkflowState(generation, None, exc.problems)
+            if changed:
+                post(body, "Warning", "InvalidSpec", "; ".join(exc.problems)[:1000])
+            await self.refresh(key)
+            return None
+        wf = AgentWorkflow(metadata={"name": name, "namespace": namespace}, spec=parsed)
+        desired = render_workflow(wf, uid)
+        plan: Plan = plan_children(wf, desired, self.existing_children(key))
+        outcome = Outcome()
+        if not plan.empty:
+            outcome = await execute(self.client, namespace, plan)
+        error = "; ".join(outcome.rejected)
+        self.state[key] = WorkflowState(generation, wf, [], error)
+        if outcome.rejected:
+            post(body, "Warning", "ApplyFailed", error[:1000])
+        if outcome.applied or outcome.pruned:
+            msg = f"Applied {len(outcome.applied)} objects"
+            if outcome.pruned:
+                msg += f", pruned {', '.join(outcome.pruned)}"
+            post(body, "Normal", "Reconciled", msg[:1000])
+        for dep, old, new in outcome.scaled:
+            post(body, "Normal", "Scaled", f"{dep}: {old} -> {new} replicas (clamped to the spec's bounds)")
+        await self.refresh(key)
+        return outcome
+
+    # ------------------------------------------------------------------ status
+
+    def request_refresh(self, key: Key) -> None:
+        """Coalesce status refreshes: many child events in a burst cost one status computation."""
+        self._dirty.add(key)
+        self._wake.set()
+
+    async def refresh(self, key: Key) -> None:
+        st = self.state.get(key)
+        record = self.workflow_record(key)
+        if st is None or record is None:
+            return
+        old = self.written.get(key) or record.get("status") or {}
+        obs = Observed(
+            generation=st.generation,
+            workflow=st.workflow,
+            problems=st.problems,
+            apply_error=st.apply_error,
+            deployments=self.deployments(key),
+            pending=self.pending(key),
+            previous=old,
+        )
+        new = compute_status(obs)
+        patch = status_patch(old, new)
+        if patch is None:
+            return
+        try:
+            await self.client.patch_status(API_VERSION, KIND, key[0], key[1], patch)
+        except ApiError as exc:
+            if exc.status == 404:
+                self.forget(key)
+                return
+            raise
+        self.written[key] = {**old, **new}
+
+    def forget(self, key: Key) -> None:
+        self.state.pop(key, None)
+        self.written.pop(key, None)
+        self._dirty.discard(key)
+
+    async def run(self) -> None:
+        """The status loop: wake on child events, wait a beat so bursts coalesce, refresh what changed."""
+        gate = asyncio.Semaphore(self.status_concurrency)
+
+        async def one(key: Key) -> None:
+            async with gate:
+                try:
+                    await self.refresh(key)
+                except Exception as exc:  # keep the loop alive; the next event retries
+                    log.warning("status refresh of %s/%s failed: %s", key[0], key[1], exc)
+                    self._dirty.add(key)
+
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(self.debounce)
+            self._wake.clear()
+            batch, self._dirty = self._dirty, set()
+            await asyncio.gather(*(one(k) for k in batch))
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name="agentscale-status")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.client.close()

@@ -1,0 +1,62 @@
+"""The committed CRD is what the models generate, and it teaches the API field by field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate
+import yaml
+from agentscale.api.crd import build_crd, render_crd_yaml
+from tests_paths import CRD_FILE
+
+
+def test_committed_crd_matches_models() -> None:
+    committed = CRD_FILE.read_text()
+    assert committed == render_crd_yaml(), (
+        "crds/agentscale.io_agentworkflows.yaml is stale: run `agentscale crd --write "
+        "crds/agentscale.io_agentworkflows.yaml` and commit the result"
+    )
+
+
+def test_crd_is_a_valid_1_34_object() -> None:
+    kubernetes_validate.validate(yaml.safe_load(CRD_FILE.read_text()), "1.34", strict=True)
+
+
+def _walk(schema: dict[str, Any], path: str, out: list[str]) -> None:
+    for name, prop in (schema.get("properties") or {}).items():
+        here = f"{path}.{name}"
+        if "description" not in prop:
+            out.append(here)
+        _walk(prop, here, out)
+        if isinstance(prop.get("items"), dict):
+            _walk(prop["items"], here + "[]", out)
+        if isinstance(prop.get("additionalProperties"), dict):
+            _walk(prop["additionalProperties"], here + "{}", out)
+
+
+def test_every_spec_and_status_field_has_a_description() -> None:
+    root = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    missing: list[str] = []
+    for part in ("spec", "status"):
+        _walk(root["properties"][part], part, missing)
+    assert missing == []
+
+
+def test_schema_is_structural() -> None:
+    """No constructs a structural schema forbids: refs, nulls, titles, additionalProperties: false."""
+    text = yaml.safe_dump(build_crd())
+    for bad in ("$ref", "$defs", "title:", "type: 'null'", "additionalProperties: false", "anyOf"):
+        assert bad not in text
+
+
+def test_defaults_and_rules_present() -> None:
+    spec = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    step = spec["properties"]["steps"]["items"]
+    assert step["properties"]["scaling"]["default"]["mode"] == "fixed"
+    assert step["properties"]["next"]["default"] == []
+    rules = [r["rule"] for r in spec["x-kubernetes-validations"]]
+    assert any("exists_one" in r for r in rules)
+    assert spec["properties"]["steps"]["x-kubernetes-list-type"] == "map"
+    crd = build_crd()
+    assert crd["spec"]["names"]["shortNames"] == ["aw"]
+    assert crd["spec"]["versions"][0]["subresources"] == {"status": {}}

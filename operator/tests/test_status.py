@@ -1,0 +1,131 @@
+"""Status from children: conditions, GPU shortage with numbers, and minimal patches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentscale.api.models import AgentWorkflow
+from agentscale.api.validation import parse_spec
+from agentscale.status import (
+    DeploymentSummary,
+    Observed,
+    PendingPod,
+    compute_status,
+    pending_pod,
+    status_patch,
+    summarize_deployment,
+)
+from conftest import minimal_spec
+
+WF = AgentWorkflow(
+    metadata={"name": "wf", "namespace": "ns"},
+    spec=parse_spec(minimal_spec(models=[{"name": "m", "modelRepository": "/m", "gpu": {"count": 2}}])),
+)
+
+
+def dep(component: str, part: str, desired: int = 1, ready: int = 1) -> DeploymentSummary:
+    return DeploymentSummary(
+        f"wf-{part or 'gateway'}", component, part, desired, ready, ready, True, False, "h"
+    )
+
+
+ALL = [dep("model", "m"), dep("step", "a"), dep("step", "b"), dep("gateway", "")]
+
+
+def conds(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status["conditions"]}
+
+
+def test_all_ready() -> None:
+    st = compute_status(Observed(generation=3, workflow=WF, deployments=ALL))
+    c = conds(st)
+    assert c["Ready"]["status"] == "True" and c["Ready"]["observedGeneration"] == 3
+    assert c["Progressing"]["status"] == "False"
+    assert c["Degraded"]["status"] == "False"
+    assert c["GPUCapacityShort"]["status"] == "False"
+    assert st["stepsReady"] == "2/2" and st["modelsReady"] == "1/1"
+    assert st["gpus"] == 2
+    assert st["steps"]["a"] == {"desired": 1, "ready": 1, "pending": 0}
+
+
+def test_missing_and_unready_children_block_ready() -> None:
+    st = compute_status(Observed(generation=1, workflow=WF, deployments=[dep("step", "a", 2, 1)]))
+    c = conds(st)
+    assert c["Ready"]["status"] == "False" and c["Ready"]["reason"] == "ReplicasNotReady"
+    assert "model/m" in c["Ready"]["message"] and "step/a" in c["Ready"]["message"]
+    assert c["Progressing"]["status"] == "True"
+
+
+def test_gpu_shortage_reports_numbers() -> None:
+    msg = "0/5 nodes are available: 2 Insufficient nvidia.com/gpu, 3 node(s) had untolerated taint."
+    pending = [PendingPod(f"p{i}", "model", "m", msg, "nvidia.com/gpu", 2) for i in range(3)]
+    st = compute_status(
+        Observed(generation=1, workflow=WF, deployments=[dep("model", "m", 4, 1), *ALL[1:]], pending=pending)
+    )
+    c = conds(st)
+    assert c["GPUCapacityShort"]["status"] == "True"
+    text = c["GPUCapacityShort"]["message"]
+    assert "3 pods cannot be scheduled" in text and "model/m x3 (2 nvidia.com/gpu each)" in text
+    assert "6 nvidia.com/gpu more than the nodes can fit" in text
+    assert c["Ready"]["reason"] == "GPUCapacityShort"
+    assert st["models"]["m"]["pending"] == 3
+    assert st["gpus"] == 8
+
+
+def test_invalid_spec() -> None:
+    st = compute_status(Observed(generation=2, workflow=None, problems=["spec.steps[].next: cycle a -> a"]))
+    c = conds(st)
+    assert c["Degraded"]["reason"] == "InvalidSpec" and "cycle a -> a" in c["Degraded"]["message"]
+    assert c["Ready"]["status"] == "False"
+
+
+def test_transition_time_kept_while_status_holds() -> None:
+    first = compute_status(Observed(generation=1, workflow=WF, deployments=ALL))
+    for c in first["conditions"]:
+        c["lastTransitionTime"] = "2020-01-01T00:00:00Z"
+    again = compute_status(Observed(generation=1, workflow=WF, deployments=ALL, previous=first))
+    assert status_patch(first, again) is None
+    flipped = compute_status(Observed(generation=1, workflow=WF, deployments=ALL[1:], previous=first))
+    ready = conds(flipped)["Ready"]
+    assert ready["lastTransitionTime"] != "2020-01-01T00:00:00Z"
+    assert conds(flipped)["Degraded"]["lastTransitionTime"] == "2020-01-01T00:00:00Z"
+
+
+def test_patch_deletes_removed_map_entries_and_keeps_foreign_fields() -> None:
+    old = {"steps": {"a": {"desired": 1}, "gone": {"desired": 1}}, "lastScalingDecision": {"reason": "x"}}
+    new = {"steps": {"a": {"desired": 1}}}
+    assert status_patch(old, new) == {"steps": {"gone": None}}
+
+
+def test_summaries_from_raw_objects() -> None:
+    body = {
+        "metadata": {
+            "name": "wf-a",
+            "generation": 2,
+            "labels": {"agentscale.io/component": "step", "agentscale.io/step": "a"},
+            "annotations": {"agentscale.io/spec-hash": "abc"},
+        },
+        "spec": {"replicas": 3},
+        "status": {"observedGeneration": 2, "readyReplicas": 3, "updatedReplicas": 3},
+    }
+    d = summarize_deployment(body)
+    assert (d.part, d.desired, d.ready, d.spec_hash, d.settled) == ("a", 3, 3, "abc", True)
+    pod = {
+        "metadata": {"name": "p", "labels": {"agentscale.io/component": "model", "agentscale.io/model": "m"}},
+        "spec": {"containers": [{"resources": {"limits": {"nvidia.com/mig-1g.10gb": 1, "cpu": "1"}}}]},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/5 nodes are available: 1 Insufficient nvidia.com/mig-1g.10gb.",
+                }
+            ],
+        },
+    }
+    p = pending_pod(pod)
+    assert p is not None and p.short_of_gpus and p.gpu_resource == "nvidia.com/mig-1g.10gb"
+    pod["spec"]["nodeName"] = "n1"
+    assert pending_pod(pod) is None

@@ -1,0 +1,82 @@
+"""Checks at the operator's boundary: clear messages naming the field, and no crash on any input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from agentscale.api.validation import InvalidSpec, find_cycle, parse_spec
+from conftest import minimal_spec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+def problems(spec: dict[str, Any]) -> list[str]:
+    with pytest.raises(InvalidSpec) as err:
+        parse_spec(spec)
+    return err.value.problems
+
+
+def test_minimal_spec_is_valid() -> None:
+    parsed = parse_spec(minimal_spec())
+    assert [s.name for s in parsed.steps] == ["a", "b"]
+    assert parsed.steps[0].scaling.mode.value == "fixed"
+
+
+def test_cycle_is_named() -> None:
+    spec = minimal_spec(
+        steps=[{"name": "a", "next": ["b"]}, {"name": "b", "next": ["c"]}, {"name": "c", "next": ["a"]}]
+    )
+    (msg,) = problems(spec)
+    assert "cycle a -> b -> c -> a" in msg
+
+
+def test_find_cycle() -> None:
+    assert find_cycle({"a": ["b"], "b": []}) is None
+    assert find_cycle({"a": ["a"]}) == ["a", "a"]
+    assert find_cycle({"x": ["y", "z"], "y": ["z"], "z": []}) is None
+    assert find_cycle({"x": ["y"], "y": ["z"], "z": ["y"]}) == ["y", "z", "y"]
+    # A long chain does not recurse.
+    chain = {str(i): [str(i + 1)] for i in range(5000)}
+    chain["5000"] = ["0"]
+    cycle = find_cycle(chain)
+    assert cycle is not None and len(cycle) == 5002
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ({"steps": [{"name": "a", "model": "nope"}]}, "spec.steps[a].model: 'nope' is not in spec.models"),
+        ({"steps": [{"name": "a", "next": ["ghost"]}]}, "spec.steps[a].next: 'ghost' is not a step"),
+        ({"steps": [{"name": "a"}, {"name": "a"}]}, "spec.steps: duplicate names a"),
+        ({"steps": [{"name": "m"}]}, "named both a step and a model"),
+        ({"steps": [{"name": "Bad_Name"}]}, "spec.steps[0].name"),
+        ({"steps": [{"name": "a", "scaling": {"replicas": -1}}]}, "spec.steps[0].scaling.replicas"),
+        ({"steps": [{"name": "a", "gpu": {"count": 1, "migProfile": "1g.10gb"}}]}, "not both"),
+        ({"steps": [{"name": "a", "scaling": {"minReplicas": 5, "maxReplicas": 2}}]}, "minReplicas"),
+        ({"steps": [{"name": "a", "colour": "red"}]}, "spec.steps[0].colour"),
+        ({"queue": {}}, "spec.queue"),
+    ],
+)
+def test_bad_input_names_the_field(override: dict[str, Any], needle: str) -> None:
+    found = problems(minimal_spec(**override))
+    assert any(needle in p for p in found), found
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda children: (
+            st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+        ),
+        max_leaves=20,
+    )
+)
+def test_any_input_is_either_valid_or_invalid_spec(garbage: Any) -> None:
+    """The operator's parse never raises anything but InvalidSpec, whatever is in the object."""
+    spec = garbage if isinstance(garbage, dict) else {"steps": garbage}
+    try:
+        parse_spec(spec)
+    except InvalidSpec as exc:
+        assert exc.problems
