@@ -44,7 +44,9 @@ async def _step(args: argparse.Namespace) -> None:
     settings = Settings.from_env(**overrides)
     worker = StepWorker(settings, load_handler(args.handler))
     _on_signals(worker.stop)
-    logging.info("step %s of %s/%s: handler %s", settings.step, settings.namespace, settings.workflow, args.handler)
+    logging.info(
+        "step %s of %s/%s: handler %s", settings.step, settings.namespace, settings.workflow, args.handler
+    )
     await worker.run()
 
 

@@ -43,7 +43,9 @@ class BadRequest(Exception):
         self.status = status
 
 
-def parse_request(body: bytes, validator: Validator | None, default_priority: int, max_timeout_ms: int) -> dict[str, Any]:
+def parse_request(
+    body: bytes, validator: Validator | None, default_priority: int, max_timeout_ms: int
+) -> dict[str, Any]:
     """Validate a run request body; raise BadRequest with a message naming the problem."""
     if len(body) > MAX_BODY:
         raise BadRequest(413, f"body is {len(body)} bytes; the limit is {MAX_BODY}")
@@ -115,8 +117,8 @@ class Gateway:
         m = await metrics.start_metrics_server(self.settings.metrics_port)
         if m:
             self._runners.append(m)
-        server = site._server
-        bound: int = server.sockets[0].getsockname()[1] if server and server.sockets else 0  # type: ignore[union-attr]
+        server: Any = site._server
+        bound: int = server.sockets[0].getsockname()[1] if server and server.sockets else 0
         return bound
 
     async def stop(self) -> None:
@@ -139,7 +141,7 @@ class Gateway:
         while True:
             try:
                 if last == "0-0":
-                    newest = await self.redis.xrevrange(stream, count=1)
+                    newest: Any = await self.redis.xrevrange(stream, count=1)
                     last = newest[0][0] if newest else "0-0"
                     if last == "0-0":
                         last = "0-1"  # start from the beginning of a new stream
@@ -151,7 +153,8 @@ class Gateway:
                 await asyncio.sleep(min(2.0, 0.1 * 2**failures))
                 continue
             now = time.monotonic()
-            for _, entries in resp or []:
+            by_stream: Any = resp or []
+            for _, entries in by_stream:
                 for msg_id, fields in entries:
                     last = msg_id
                     self._meter.add(now)
@@ -170,15 +173,17 @@ class Gateway:
 
     # ---- routes -------------------------------------------------------------------------------------
 
-    def _error(self, route: str, status: int, message: str, **extra: Any) -> web.Response:
-        metrics.GATEWAY_REQUESTS.labels(self.wf, route, str(status)).inc()
+    def _error(self, route: str, code: int, message: str, **extra: Any) -> web.Response:
+        metrics.GATEWAY_REQUESTS.labels(self.wf, route, str(code)).inc()
         headers = {"Retry-After": str(extra.pop("retry_after"))} if "retry_after" in extra else None
-        return web.json_response({"error": message, **extra}, status=status, headers=headers)
+        return web.json_response({"error": message, **extra}, status=code, headers=headers)
 
     async def _accept(self, request: web.Request, route: str) -> dict[str, Any] | web.Response:
         body = await request.read()
         try:
-            req = parse_request(body, self.validator, self.settings.priority, int(self.settings.request_timeout_s * 1000 * 10))
+            req = parse_request(
+                body, self.validator, self.settings.priority, int(self.settings.request_timeout_s * 1000 * 10)
+            )
         except BadRequest as e:
             return self._error(route, e.status, str(e))
         g = self.settings.graph
@@ -193,8 +198,11 @@ class Gateway:
         if not decision.admit:
             metrics.GATEWAY_SHED.labels(self.wf, str(req["priority"])).inc()
             return self._error(
-                route, 429, f"overloaded: estimated queueing {decision.estimated_ms:.0f} ms exceeds the "
-                f"{g.p95_latency_ms} ms p95 objective", retry_after=decision.retry_after_s,
+                route,
+                429,
+                f"overloaded: estimated queueing {decision.estimated_ms:.0f} ms exceeds the "
+                f"{g.p95_latency_ms} ms p95 objective",
+                retry_after=decision.retry_after_s,
             )
         return req
 
@@ -237,8 +245,14 @@ class Gateway:
             return web.json_response(state)
         if state.get("status") == "failed":
             return self._error(route, 500, state.get("error", "failed"), run_id=run_id, status="failed")
-        return self._error(route, 504, "timed out waiting; poll the run", run_id=run_id,
-                           status=state.get("status", "queued"), status_url=f"/v1/runs/{run_id}")
+        return self._error(
+            route,
+            504,
+            "timed out waiting; poll the run",
+            run_id=run_id,
+            status=state.get("status", "queued"),
+            status_url=f"/v1/runs/{run_id}",
+        )
 
     async def submit(self, request: web.Request) -> web.Response:
         route = "submit"
@@ -253,7 +267,8 @@ class Gateway:
             return self._error(route, 409, f"run {req['run_id']} already exists", run_id=req["run_id"])
         metrics.GATEWAY_REQUESTS.labels(self.wf, route, "202").inc()
         return web.json_response(
-            {"run_id": req["run_id"], "status": "queued", "status_url": f"/v1/runs/{req['run_id']}"}, status=202
+            {"run_id": req["run_id"], "status": "queued", "status_url": f"/v1/runs/{req['run_id']}"},
+            status=202,
         )
 
     async def _state(self, run_id: str) -> dict[str, Any]:

@@ -19,37 +19,56 @@ QUEUE_PENDING = Gauge(
 )
 INFLIGHT = Gauge("agentscale_inflight", "Messages being processed by this worker", ["workflow", "step"])
 BATCH_SIZE = Histogram(
-    "agentscale_batch_size", "Samples per request sent to Triton", ["workflow", "step", "model"],
+    "agentscale_batch_size",
+    "Samples per request sent to Triton",
+    ["workflow", "step", "model"],
     buckets=BATCH_BUCKETS,
 )
 STEP_LATENCY = Histogram(
-    "agentscale_step_latency_seconds", "Time from a message's read to its acknowledgement",
-    ["workflow", "step"], buckets=LAT_BUCKETS,
+    "agentscale_step_latency_seconds",
+    "Time from a message's read to its acknowledgement",
+    ["workflow", "step"],
+    buckets=LAT_BUCKETS,
 )
 E2E_LATENCY = Histogram(
-    "agentscale_e2e_latency_seconds", "Time from gateway acceptance to the last sink's output",
-    ["workflow"], buckets=LAT_BUCKETS,
+    "agentscale_e2e_latency_seconds",
+    "Time from gateway acceptance to the last sink's output",
+    ["workflow"],
+    buckets=LAT_BUCKETS,
 )
 TRITON_LATENCY = Histogram(
-    "agentscale_triton_request_seconds", "Triton request latency per endpoint",
-    ["workflow", "step", "model"], buckets=LAT_BUCKETS,
+    "agentscale_triton_request_seconds",
+    "Triton request latency per endpoint",
+    ["workflow", "step", "model"],
+    buckets=LAT_BUCKETS,
 )
 TRITON_OUTSTANDING = Gauge(
-    "agentscale_triton_outstanding", "Requests in flight to a Triton endpoint", ["workflow", "step", "endpoint"]
+    "agentscale_triton_outstanding",
+    "Requests in flight to a Triton endpoint",
+    ["workflow", "step", "endpoint"],
 )
 ERRORS = Counter("agentscale_errors_total", "Errors by kind", ["workflow", "step", "kind"])
 MESSAGES = Counter(
-    "agentscale_messages_total", "Messages finished, by outcome (ok, duplicate, dead_letter)",
+    "agentscale_messages_total",
+    "Messages finished, by outcome (ok, duplicate, dead_letter)",
     ["workflow", "step", "outcome"],
 )
-RETRIES = Counter("agentscale_retries_total", "Handler attempts that failed and were retried", ["workflow", "step"])
-RECLAIMED = Counter("agentscale_reclaimed_total", "Messages reclaimed from dead consumers", ["workflow", "step"])
+RETRIES = Counter(
+    "agentscale_retries_total", "Handler attempts that failed and were retried", ["workflow", "step"]
+)
+RECLAIMED = Counter(
+    "agentscale_reclaimed_total", "Messages reclaimed from dead consumers", ["workflow", "step"]
+)
 GATEWAY_REQUESTS = Counter(
-    "agentscale_gateway_requests_total", "Gateway requests by route and status code", ["workflow", "route", "code"]
+    "agentscale_gateway_requests_total",
+    "Gateway requests by route and status code",
+    ["workflow", "route", "code"],
 )
 GATEWAY_SHED = Counter("agentscale_gateway_shed_total", "Requests shed with 429", ["workflow", "priority"])
 GATEWAY_LATENCY = Histogram(
-    "agentscale_gateway_latency_seconds", "Synchronous run latency seen by the gateway", ["workflow"],
+    "agentscale_gateway_latency_seconds",
+    "Synchronous run latency seen by the gateway",
+    ["workflow"],
     buckets=LAT_BUCKETS,
 )
 GATEWAY_BACKLOG = Gauge("agentscale_gateway_backlog", "Runs accepted and not finished", ["workflow"])

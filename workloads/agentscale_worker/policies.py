@@ -117,19 +117,21 @@ def admit(
     share: float = 1.0,
     min_backlog: int = 8,
     fallback_rps: float = 0.0,
+    cold_limit: int = 128,
 ) -> Admission:
     """Admit one more run, or shed it?
 
     By Little's law a run arriving now spends about ``(backlog + 1) / throughput`` in the system, where
     backlog is runs accepted and not finished and throughput the recent completion rate. Admit while that
     stays within ``share`` of the p95 budget. A small backlog is always admitted (nothing to estimate from
-    yet). ``retry_after_s`` is the time the excess backlog needs to drain."""
+    yet). With no completion rate at all (cold start, or a stalled pipeline) and no fallback rate, admit up
+    to ``cold_limit`` runs. ``retry_after_s`` is the time the excess backlog needs to drain."""
     rate = throughput_rps if throughput_rps > 0 else fallback_rps
     if backlog < min_backlog:
         est = (backlog + 1) / rate * 1000 if rate > 0 else 0.0
         return Admission(True, est)
     if rate <= 0:
-        return Admission(False, math.inf, 1)
+        return Admission(backlog < cold_limit, math.inf, 0 if backlog < cold_limit else 1)
     est_ms = (backlog + 1) / rate * 1000
     limit_ms = p95_budget_ms * share
     if est_ms <= limit_ms:

@@ -184,7 +184,8 @@ class StepWorker:
                 log.warning("reading %s failed (%s); retrying", self.stream, e)
                 await asyncio.sleep(backoff_s(failures, 0.1, 2.0))
                 continue
-            for _, entries in resp or []:
+            entries_by_stream: Any = resp or []  # RESP2: [(stream, [(id, fields)])]
+            for _, entries in entries_by_stream:
                 for msg_id, fields in entries:
                     self._spawn(msg_id, fields, 0)
 
@@ -260,7 +261,9 @@ class StepWorker:
             except Exception as e:
                 metrics.ERRORS.labels(*self.labels, type(e).__name__).inc()
                 error = f"{type(e).__name__}: {e}"
-                log.warning("run %s step %s attempt %d failed: %s", run_id, self.settings.step, attempt, error)
+                log.warning(
+                    "run %s step %s attempt %d failed: %s", run_id, self.settings.step, attempt, error
+                )
                 if isinstance(e, PermanentError) or attempt >= self.settings.max_deliveries:
                     error += "\n" + "".join(traceback.format_exception(e, limit=-3))
                     break
@@ -300,18 +303,41 @@ class StepWorker:
 
     async def _publish(self, msg_id: str, fields: dict[str, str], run_id: str, data: str) -> int:
         p, s = self.prefix, self.settings
-        ks = [self.stream, keys.done(p, run_id, s.step), keys.run(p, run_id), keys.results(p), keys.inflight(p)]
+        ks = [
+            self.stream,
+            keys.done(p, run_id, s.step),
+            keys.run(p, run_id),
+            keys.results(p),
+            keys.inflight(p),
+        ]
         for n in self.next:
             ks += [keys.step_stream(p, n), keys.join(p, run_id, n)]
-        args: list[Any] = [keys.GROUP, msg_id, run_id, s.step, data, fields.get("t0", "0"), fields.get("prio", "0")]
+        args: list[Any] = [
+            keys.GROUP,
+            msg_id,
+            run_id,
+            s.step,
+            data,
+            fields.get("t0", "0"),
+            fields.get("prio", "0"),
+        ]
         args += [s.result_ttl_s, s.stream_maxlen, self.nsinks, f"{time.time():.6f}", *self.npreds]
         return int(await self._complete(keys=ks, args=args))
 
-    async def _dead_letter(self, msg_id: str, fields: dict[str, str], run_id: str, error: str, attempts: int) -> int:
+    async def _dead_letter(
+        self, msg_id: str, fields: dict[str, str], run_id: str, error: str, attempts: int
+    ) -> int:
         p, s = self.prefix, self.settings
-        ks = [self.stream, keys.dead_letter(p, s.step), keys.run(p, run_id), keys.results(p), keys.inflight(p)]
+        ks = [
+            self.stream,
+            keys.dead_letter(p, s.step),
+            keys.run(p, run_id),
+            keys.results(p),
+            keys.inflight(p),
+        ]
         ks.append(keys.done(p, run_id, s.step))
-        args = [keys.GROUP, msg_id, run_id, s.step, error[-4000:], fields.get("data", "")[:100_000], attempts]
+        data = fields.get("data", "")[:100_000]
+        args: list[str | int] = [keys.GROUP, msg_id, run_id, s.step, error[-4000:], data, attempts]
         args += [s.result_ttl_s, s.stream_maxlen, f"{time.time():.6f}"]
         log.error("run %s step %s dead-lettered after %d attempts: %s", run_id, s.step, attempts, error)
         return int(await self._fail(keys=ks, args=args))

@@ -77,7 +77,7 @@ class ModelClient:
         self._queue: deque[_Item] = deque()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._sends: set[asyncio.Task[None]] = set()
+        self._sends: set[asyncio.Task[Any]] = set()
         self._have_endpoints = asyncio.Event()
         self.batch_sizes: deque[int] = deque(maxlen=10_000)  # recent request sizes, for tests and benches
 
@@ -101,8 +101,8 @@ class ModelClient:
         for e in [e for e in self._clients if e not in endpoints]:
             client = self._clients.pop(e)
             task = asyncio.create_task(client.close())
-            self._sends.add(task)  # type: ignore[arg-type]
-            task.add_done_callback(self._sends.discard)  # type: ignore[arg-type]
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
         if endpoints:
             self._have_endpoints.set()
         else:
@@ -145,7 +145,9 @@ class ModelClient:
 
     async def _send(self, items: list[_Item]) -> None:
         try:
-            outputs = await self.infer_batch({k: np.stack([i.inputs[k] for i in items]) for k in items[0].inputs})
+            outputs = await self.infer_batch(
+                {k: np.stack([i.inputs[k] for i in items]) for k in items[0].inputs}
+            )
         except Exception as e:
             for i in items:
                 if not i.future.done():

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import uuid
@@ -12,7 +11,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-
 from agentscale_worker.config import Graph, Settings
 from agentscale_worker.examples import WORKFLOWS, graph
 from agentscale_worker.gateway import Gateway

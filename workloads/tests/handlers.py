@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 from agentscale_worker.examples import recommendation
 from agentscale_worker.runtime import PermanentError, redis_client
 
-_gate_client: Any = None
+_gate_clients: dict[tuple[str, int], Any] = {}
+
+
+async def _wait_gate(ctx: Any) -> None:
+    """Hold the message until the Redis key ``gate`` exists (the worker waits; the test opens the gate)."""
+    url = ctx.worker.settings.redis_url
+    key = (url, id(asyncio.get_running_loop()))
+    if key not in _gate_clients:
+        _gate_clients[key] = redis_client(url)
+    while not await _gate_clients[key].exists("gate"):  # noqa: ASYNC110 - the gate is a key in another process
+        await asyncio.sleep(0.01)
 
 
 async def gated_encode(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
     """recommendation.encode, but first hold the message until the Redis key ``gate`` exists."""
-    global _gate_client
-    if _gate_client is None:
-        _gate_client = redis_client(os.environ["AGENTSCALE_REDIS_URL"])
-    while not await _gate_client.exists("gate"):
-        await asyncio.sleep(0.01)
+    await _wait_gate(ctx)
     return await recommendation.encode(ctx, payload)
 
 
@@ -29,3 +34,8 @@ async def poison(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
     if payload.get("fail"):
         raise ValueError(f"poison message {payload.get('n')}")
     return {"n": payload.get("n"), "attempt": ctx.attempt}
+
+
+async def gated_echo(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    await _wait_gate(ctx)
+    return {"echo": payload}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from agentscale_worker.examples import VALIDATORS, WORKFLOWS, run_local, sample_input
 from agentscale_worker.local import RedisServer, TritonServer
 

@@ -61,7 +61,7 @@ async def run_local(workflow: str, payload: Any) -> dict[str, Any]:
         else:
             data = {p: outputs[p] for p in preds}
         model, _, handler = WORKFLOWS[workflow][step]
-        outputs[step] = await load_handler(handler)(LocalContext(model), data)
+        outputs[step] = await load_handler(handler)(LocalContext(model), data)  # type: ignore[arg-type]
     return {s: outputs[s] for s in g.sinks}
 
 

@@ -6,22 +6,23 @@ import zlib
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from . import nets
 
 
-def word_tokens(text: str, length: int = nets.QUERY_LEN, vocab: int = nets.VOCAB) -> np.ndarray:
+def word_tokens(text: str, length: int = nets.QUERY_LEN, vocab: int = nets.VOCAB) -> NDArray[Any]:
     ids = [zlib.crc32(w.encode()) % (vocab - 1) + 1 for w in text.lower().split()][:length]
     return np.array(ids + [0] * (length - len(ids)), dtype=np.int32)
 
 
-def char_tokens(text: str, length: int = nets.TEXT_LEN) -> np.ndarray:
+def char_tokens(text: str, length: int = nets.TEXT_LEN) -> NDArray[Any]:
     ids = [nets.ALPHABET.find(c) for c in text.lower()][:length]
     ids = [i if i > 0 else 1 for i in ids]  # unknown characters read as a space
     return np.array(ids + [0] * (length - len(ids)), dtype=np.int32)
 
 
-def floats(a: np.ndarray) -> list[Any]:
+def floats(a: NDArray[Any]) -> list[Any]:
     return np.asarray(a, dtype=np.float64).tolist()  # type: ignore[no-any-return]
 
 
@@ -35,7 +36,7 @@ class LocalContext:
         self.run_id = run_id
         self.attempt = 1
 
-    async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def infer(self, inputs: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
         assert self.net is not None
         out = self.net({k: np.asarray(v)[None] for k, v in inputs.items()})
         return {k: v[0] for k, v in out.items()}

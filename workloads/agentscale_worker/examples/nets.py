@@ -13,11 +13,12 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-Array = npt.NDArray[np.generic]
+Array = npt.NDArray[Any]
 F32 = np.float32
 
 
@@ -108,11 +109,13 @@ def _dense(rng: np.random.Generator, n_in: int, n_out: int) -> tuple[Array, Arra
 
 
 def _relu(x: Array) -> Array:
-    return np.maximum(x, F32(0))
+    out: Array = np.maximum(x, F32(0))
+    return out
 
 
 def _sigmoid(x: Array) -> Array:
-    return (F32(1) / (F32(1) + np.exp(-x))).astype(F32)
+    out: Array = (F32(1) / (F32(1) + np.exp(-x))).astype(F32)
+    return out
 
 
 def _mlp(layers: list[tuple[Array, Array]], x: Array, final: Callable[[Array], Array] | None = None) -> Array:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from . import nets
 
@@ -28,14 +29,17 @@ def validate(payload: Any) -> str | None:
         return "field 'speed' must be a number in [0, 100] (m/s)"
     tracks = payload.get("tracks", [])
     if not isinstance(tracks, list) or not all(
-        isinstance(t, dict) and isinstance(t.get("id"), int) and isinstance(t.get("box"), list) and len(t["box"]) == 4
+        isinstance(t, dict)
+        and isinstance(t.get("id"), int)
+        and isinstance(t.get("box"), list)
+        and len(t["box"]) == 4
         for t in tracks
     ):
         return "field 'tracks' must be a list of {'id': int, 'box': [cx, cy, w, h]}"
     return None
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
+def iou(a: NDArray[Any], b: NDArray[Any]) -> float:
     """IoU of two (cx, cy, w, h) boxes."""
     ax0, ay0, ax1, ay1 = a[0] - a[2] / 2, a[1] - a[3] / 2, a[0] + a[2] / 2, a[1] + a[3] / 2
     bx0, by0, bx1, by1 = b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2
@@ -45,7 +49,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
-def decode_boxes(raw: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
+def decode_boxes(raw: NDArray[Any], scores: NDArray[Any]) -> list[dict[str, Any]]:
     """Patch-relative sigmoid outputs -> image boxes; keep confident ones, greedy NMS, at most MAX_OBJECTS."""
     cells = np.arange(nets.GRID * nets.GRID)
     boxes = np.stack(
@@ -121,7 +125,7 @@ async def estimate_depth(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
     return {"depths": per_object, "mean_depth": float(depth.mean())}
 
 
-def plan_features(tracks: list[dict[str, Any]], depths: list[float], speed: float) -> np.ndarray:
+def plan_features(tracks: list[dict[str, Any]], depths: list[float], speed: float) -> NDArray[Any]:
     f = np.zeros(nets.PLAN_FEATURES, dtype=np.float32)
     for i, (t, d) in enumerate(zip(tracks[: nets.MAX_OBJECTS], depths, strict=False)):
         f[i * 8 : i * 8 + 8] = [*t["box"], d / 50.0, *t["velocity"], t["score"]]

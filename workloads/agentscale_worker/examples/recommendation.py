@@ -6,17 +6,19 @@ import functools
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from . import nets
 from .common import floats, word_tokens
 
 
 @functools.cache
-def catalog() -> np.ndarray:
+def catalog() -> NDArray[Any]:
     """The item catalog's embeddings, [CATALOG_SIZE, EMB], unit length; generated from a fixed seed."""
     rng = np.random.default_rng(20240611)
     items = rng.standard_normal((nets.CATALOG_SIZE, nets.EMB)).astype(np.float32)
-    return items / np.linalg.norm(items, axis=1, keepdims=True)
+    out: NDArray[Any] = items / np.linalg.norm(items, axis=1, keepdims=True)
+    return out
 
 
 def validate(payload: Any) -> str | None:
@@ -34,7 +36,7 @@ async def encode(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
     return {"query": payload["query"], "embedding": floats(out["EMBEDDING"])}
 
 
-def top_k(embedding: np.ndarray, k: int = nets.TOP_K) -> np.ndarray:
+def top_k(embedding: NDArray[Any], k: int = nets.TOP_K) -> NDArray[Any]:
     scores = catalog() @ embedding
     idx = np.argpartition(-scores, k)[:k]
     return idx[np.argsort(-scores[idx], kind="stable")]

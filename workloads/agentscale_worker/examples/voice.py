@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from . import nets
 from .common import char_tokens, floats
@@ -32,7 +33,7 @@ def validate(payload: Any) -> str | None:
     return None
 
 
-def ctc_decode(logits: np.ndarray) -> str:
+def ctc_decode(logits: NDArray[Any]) -> str:
     """Greedy CTC: best symbol per frame, collapse repeats, drop blanks (index 0)."""
     best = np.argmax(logits, axis=1)
     out, prev = [], -1
