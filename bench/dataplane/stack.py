@@ -1,0 +1,134 @@
+"""Start a real data-plane stack for benchmarks: redis-server, tritonserver (CPU), gateway and workers as
+separate processes (so they use both cores), all on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from agentscale_worker.config import Graph
+from agentscale_worker.local import RedisServer, TritonServer, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> str:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = ""
+    with contextlib.suppress(OSError):
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kb / 2**20:.0f} GiB"
+    return f"{os.cpu_count()} vCPU ({cpu}), {mem} RAM, {platform.system()} {platform.release()}, no GPU"
+
+
+def triton_config(name: str, batching: bool, max_batch: int = 64, instances: int = 1) -> str:
+    dyn = (
+        "dynamic_batching {\n  preferred_batch_size: [ 16, 32 ]\n  max_queue_delay_microseconds: 2000\n}\n"
+        if batching
+        else ""
+    )
+    return (
+        f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_batch}\n{dyn}'
+        f"instance_group [ {{ count: {instances}, kind: KIND_CPU }} ]\n"
+    )
+
+
+def wait_http(url: str, timeout_s: float = 30) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:
+            if r.status == 200:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+class Stack:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def env(self, graph: Graph, redis: RedisServer, workflow: str, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            AGENTSCALE_WORKFLOW=workflow,
+            AGENTSCALE_NAMESPACE="bench",
+            AGENTSCALE_REDIS_URL=redis.url,
+            AGENTSCALE_GRAPH=graph.to_json(),
+            AGENTSCALE_METRICS_PORT="0",
+            PYTHONPATH=str(ROOT / "workloads"),
+        )
+        env.update(extra)
+        return env
+
+    def spawn(self, args: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115
+        p = subprocess.Popen(
+            [sys.executable, "-m", "agentscale_worker", *args], env=env, stdout=log, stderr=log
+        )
+        self.procs.append(p)
+        return p
+
+    def gateway(self, env: dict[str, str]) -> str:
+        port = free_port()
+        self.spawn(["gateway", "--port", str(port)], env, "gateway")
+        wait_http(f"http://127.0.0.1:{port}/readyz")
+        return f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.procs.clear()
+
+
+@contextlib.contextmanager
+def services(
+    models: list[str], batching: bool = True, repeat: int = 1
+) -> Iterator[tuple[RedisServer, TritonServer, Stack]]:
+    work = Path(tempfile.mkdtemp(prefix="agentscale-bench-"))
+    redis = RedisServer(work / "redis", appendfsync="everysec").start()
+    overrides = {m: triton_config(m, batching) for m in models}
+    triton = TritonServer(work / "triton", models=models, config_overrides=overrides, repeat=repeat).start()
+    stack = Stack(work)
+    try:
+        yield redis, triton, stack
+    finally:
+        stack.stop()
+        triton.stop()
+        redis.stop()
+
+
+def save(name: str, data: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    data = {"machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"), **data}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2))
+    return path
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q / 100 * len(s)))]
