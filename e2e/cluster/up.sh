@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Start (or reuse) the local agentscale cluster: a real kube-apiserver, etcd,
+# kube-controller-manager, kube-scheduler and metrics-server run as local processes by
+# `kwokctl --runtime binary`; kwok fakes the nodes in nodes.yaml (a GPU pool) and the pods
+# bound to them. Everything listens on 127.0.0.1; nothing is downloaded.
+#
+#   e2e/cluster/up.sh            # builds missing binaries first (see build.sh)
+#   . e2e/cluster/env.sh         # then kubectl/helm 1.34 + KUBECONFIG in this shell
+#
+# Env: AGENTSCALE_KUBECONFIG (default <repo>/.cluster/kubeconfig), KWOK_WORKDIR
+# (default <repo>/.cluster/kwok), AGENTSCALE_CACHE (binaries), AGENTSCALE_CLUSTER_NAME.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=common.sh
+. "$HERE/common.sh"
+
+START=$SECONDS
+log() { printf '[%s] up: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+  log "ERROR: $*"
+  exit 1
+}
+
+"$HERE/build.sh" >/dev/null
+PATH="$(agentscale_path)"
+export PATH
+kwokctl="$(agentscale_bin kwokctl)"
+kubectl_bin="$(agentscale_bin kubectl)"
+name="$AGENTSCALE_CLUSTER_NAME"
+kc="$AGENTSCALE_KUBECONFIG"
+k() { "$kubectl_bin" --kubeconfig "$kc" "$@"; }
+
+mkdir -p "$(dirname "$kc")" "$KWOK_WORKDIR"
+
+cluster_exists() { "$kwokctl" get clusters 2>/dev/null | grep -qx "$name"; }
+healthy() { [ -s "$kc" ] && k get --raw /readyz >/dev/null 2>&1; }
+
+# wait_until <seconds> <description> <command...>: poll every 2s until the command succeeds.
+wait_until() {
+  local deadline=$((SECONDS + $1)) what="$2"
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || die "timed out waiting for $what"
+    sleep 2
+  done
+}
+
+write_config() { # the KwokctlConfiguration plus kwok's metrics-usage objects
+  cat <<CONF
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokctlConfiguration
+options:
+  runtime: binary
+  bindAddress: 127.0.0.1
+  kubeVersion: $KUBE_VERSION
+  etcdVersion: ${ETCD_VERSION#v}
+  kwokVersion: $KWOK_VERSION
+  metricsServerVersion: $METRICS_SERVER_VERSION
+  kubeApiserverBinary: $(agentscale_bin kube-apiserver)
+  kubeControllerManagerBinary: $(agentscale_bin kube-controller-manager)
+  kubeSchedulerBinary: $(agentscale_bin kube-scheduler)
+  kubectlBinary: $kubectl_bin
+  etcdBinary: $(agentscale_bin etcd)
+  kwokControllerBinary: $(agentscale_bin kwok)
+  metricsServerBinary: $(agentscale_bin metrics-server)
+  metricsServerManifests:
+  - $HERE/metrics-server
+  enable:
+  - metrics-server
+  cacheDir: $KWOK_WORKDIR/cache
+  quietPull: true
+componentsPatches:
+# Headroom for benchmarks that create ~10k objects: API priority and fairness stays on
+# (as in real clusters) with a larger total concurrency, and the controller-manager and
+# scheduler may talk faster than their defaults (20 and 50 qps). The service range is a /16
+# (the apiserver's default is a /24: only 254 ClusterIP Services).
+- name: kube-apiserver
+  extraArgs:
+  - key: service-cluster-ip-range
+    value: 10.96.0.0/16
+  - key: max-requests-inflight
+    value: "1000"
+  - key: max-mutating-requests-inflight
+    value: "500"
+- name: kube-controller-manager
+  extraArgs:
+  - key: kube-api-qps
+    value: "200"
+  - key: kube-api-burst
+    value: "400"
+  - key: concurrent-deployment-syncs
+    value: "10"
+  - key: concurrent-replicaset-syncs
+    value: "10"
+  - key: horizontal-pod-autoscaler-sync-period
+    value: "15s"
+- name: kube-scheduler
+  extraArgs:
+  - key: kube-api-qps
+    value: "200"
+  - key: kube-api-burst
+    value: "400"
+---
+CONF
+  grep -v '^#' "$HERE/kwok-metrics-usage.yaml"
+}
+
+create_cluster() {
+  local cfg="$KWOK_WORKDIR/agentscale-kwokctl.yaml"
+  write_config >"$cfg"
+  # kwokctl caches fetched manifests by source path; drop them so edits to metrics-server/ apply.
+  rm -rf "$KWOK_WORKDIR/cache/manifest"
+  log "creating cluster $name (kube $KUBE_VERSION, etcd $ETCD_VERSION, kwok $KWOK_VERSION) in $KWOK_WORKDIR"
+  "$kwokctl" create cluster --name "$name" --config "$cfg" --kubeconfig "$kc" --wait 3m
+}
+
+if cluster_exists; then
+  "$kwokctl" get kubeconfig --name "$name" >"$kc.tmp" 2>/dev/null && mv "$kc.tmp" "$kc"
+  if ! healthy; then
+    log "cluster $name exists but is not answering; starting its components"
+    "$kwokctl" start cluster --name "$name" >/dev/null 2>&1 || true
+    deadline=$((SECONDS + 60))
+    while ! healthy && [ $SECONDS -lt $deadline ]; do sleep 2; done
+  fi
+  if healthy; then
+    log "reusing running cluster $name"
+  else
+    log "cluster $name is broken; recreating it"
+    "$kwokctl" delete cluster --name "$name" --kubeconfig "$kc" || true
+    create_cluster
+  fi
+else
+  create_cluster
+fi
+
+"$kwokctl" get kubeconfig --name "$name" >"$kc.tmp" && mv "$kc.tmp" "$kc"
+chmod 600 "$kc"
+wait_until 60 "kube-apiserver /readyz" k get --raw /readyz
+
+# --- the fake GPU pool ---
+log "applying fake nodes from nodes.yaml"
+k apply -f "$HERE/nodes.yaml" >/dev/null
+# Capacity/allocatable only change through the status subresource once a node exists.
+k create --dry-run=client -o json -f "$HERE/nodes.yaml" | python3 -c '
+import json, sys
+text, pos, decoder = sys.stdin.read(), 0, json.JSONDecoder()
+while text[pos:].strip():  # one JSON object per node, concatenated
+    node, pos = decoder.raw_decode(text, pos + len(text[pos:]) - len(text[pos:].lstrip()))
+    status = {key: node["status"][key] for key in ("capacity", "allocatable")}
+    print(node["metadata"]["name"], json.dumps({"status": status}))
+' | while read -r node patch; do
+  k patch node "$node" --subresource=status --type=merge -p "$patch" >/dev/null
+done
+
+k wait --for=condition=Ready node --all --timeout=120s >/dev/null || die "nodes did not become Ready"
+wait_until 60 "default ServiceAccount" k -n default get serviceaccount default
+k wait --for=condition=Available apiservice/v1beta1.metrics.k8s.io --timeout=120s >/dev/null ||
+  die "metrics-server APIService did not become Available (see $KWOK_WORKDIR/clusters/$name/logs)"
+
+log "cluster $name ready in $((SECONDS - START))s; $(k get nodes --no-headers | wc -l) nodes"
+log "kubeconfig: $kc  (. e2e/cluster/env.sh to use kubectl $KUBE_VERSION and helm)"
