@@ -70,12 +70,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
+    import logging
 
     import kopf
 
     import agentscale.handlers  # noqa: F401  (registers the handlers)
 
     namespaces = args.namespace or []
+    kopf.configure(verbose=args.verbose, debug=False)
+    if not args.verbose:
+        # One line per handled event is noise at a thousand workflows; keep warnings and errors.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     asyncio.run(
         kopf.operator(
             clusterwide=not namespaces,
@@ -103,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", "--namespace", action="append", help="watch only these namespaces (repeatable)")
     p.add_argument("--standalone", action="store_true", help="no peering (single replica, local runs)")
     p.add_argument("--liveness", default=None, help="e.g. http://0.0.0.0:8080/healthz")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every handler call")
     p.set_defaults(fn=cmd_run)
     args = parser.parse_args(argv)
     return int(args.fn(args))

@@ -324,6 +324,11 @@ class ModelServer(_Model):
     gpu: GPU | None = Field(None, description="GPUs per server pod; omit to run on CPU.")
     resources: Resources = Field(default_factory=Resources, description="CPU and memory per server pod.")
     scaling: Scaling = Field(default_factory=Scaling, description="Replicas of the model server.")
+    podAnnotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Extra annotations on every pod (sidecar injection, cost tags, test usage).",
+    )
 
 
 # --------------------------------------------------------------------------------------------- steps
@@ -377,6 +382,11 @@ class Step(_Model):
     resources: Resources = Field(default_factory=Resources, description="CPU and memory per worker pod.")
     gpu: GPU | None = Field(None, description="GPUs per worker pod (most steps need none).")
     scaling: Scaling = Field(default_factory=Scaling, description="Replicas of the worker.")
+    podAnnotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Extra annotations on every pod (sidecar injection, cost tags, test usage).",
+    )
     next: list[Name] = Field(
         default_factory=list,
         max_length=MAX_NEXT,
@@ -391,6 +401,11 @@ class Gateway(_Model):
     image: str = Field(DEFAULT_WORKER_IMAGE, min_length=1, max_length=512, description="Gateway image.")
     replicas: int = Field(1, ge=1, le=100, description="Gateway replicas.")
     resources: Resources = Field(default_factory=Resources, description="CPU and memory per gateway pod.")
+    podAnnotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Extra annotations on every pod (sidecar injection, cost tags, test usage).",
+    )
 
 
 # --------------------------------------------------------------------------------------------- the spec
@@ -405,8 +420,8 @@ class AgentWorkflowSpec(_Model):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                cel(_UNIQUE_STEPS, "spec.steps: step names must be unique", "", "FieldValueDuplicate"),
-                cel(_UNIQUE_MODELS, "spec.models: model names must be unique", "", "FieldValueDuplicate"),
+                cel(_UNIQUE_STEPS, "spec.steps: step names must be unique", "", "FieldValueInvalid"),
+                cel(_UNIQUE_MODELS, "spec.models: model names must be unique", "", "FieldValueInvalid"),
                 cel(
                     "self.steps.all(s, !has(s.model) || self.models.exists(m, m.name == s.model))",
                     "spec.steps[].model must name an entry of spec.models; add the model or fix the name",
@@ -424,7 +439,7 @@ class AgentWorkflowSpec(_Model):
                     "a step and a model cannot share a name (both become <workflow>-<name> objects); "
                     "rename one",
                     "",
-                    "FieldValueDuplicate",
+                    "FieldValueInvalid",
                 ),
                 cel(
                     "self.steps.all(s, s.name != 'gateway') && self.models.all(m, m.name != 'gateway')",

@@ -178,6 +178,7 @@ def deployment(wf: AgentWorkflow, model: ModelServer) -> dict[str, Any]:
                     "prometheus.io/scrape": "true",
                     "prometheus.io/port": str(METRICS_PORT),
                     "prometheus.io/path": "/metrics",
+                    **model.podAnnotations,
                 },
             },
             "spec": pod_spec,

@@ -90,6 +90,7 @@ def _pod_template(
     container: dict[str, Any],
     gpu: Any,
     grace: int,
+    annotations: dict[str, str],
 ) -> dict[str, Any]:
     selector = L.selector_labels(wf, component, part)
     pod_spec: dict[str, Any] = {
@@ -109,6 +110,7 @@ def _pod_template(
                 "prometheus.io/scrape": "true",
                 "prometheus.io/port": str(METRICS_PORT),
                 "prometheus.io/path": "/metrics",
+                **annotations,
             },
         },
         "spec": pod_spec,
@@ -163,7 +165,7 @@ def step_deployment(wf: AgentWorkflow, step: Step) -> dict[str, Any]:
         container["command"] = ["agentscale-worker", "step"]
     if step.args:
         container["args"] = list(step.args)
-    template = _pod_template(wf, L.STEP, step.name, container, step.gpu, grace=60)
+    template = _pod_template(wf, L.STEP, step.name, container, step.gpu, 60, step.podAnnotations)
     return _deployment(
         wf,
         L.child_name(wf, step.name),
@@ -192,7 +194,7 @@ def gateway_deployment(wf: AgentWorkflow) -> dict[str, Any]:
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         **_probes("metrics"),
     }
-    template = _pod_template(wf, L.GATEWAY, None, container, None, grace=30)
+    template = _pod_template(wf, L.GATEWAY, None, container, None, 30, gw.podAnnotations)
     return _deployment(wf, L.child_name(wf, "gateway"), L.GATEWAY, None, gw.replicas, template, None)
 
 

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The one test command (README, .ci/run): installs what it needs, then
+#   1. lint and types (ruff check, ruff format --check, mypy)
+#   2. operator unit tests (golden YAML, CRD drift, kubernetes-validate)
+#   3. data-plane tests against a real tritonserver and real redis-server
+#   4. the end-to-end suite against a real local cluster (kube-apiserver, etcd, controller-manager,
+#      scheduler, metrics-server, kwok GPU nodes), which it builds (cached) and starts, then stops.
+# Set AGENTSCALE_E2E=0 to skip stage 4 (for a quick local loop only; CI always runs it).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+T0=$SECONDS
+stage() { printf '\n=== [%s +%ss] %s\n' "$(date +%H:%M:%S)" "$((SECONDS - T0))" "$*"; }
+
+# pytest, but "no tests ran" (exit 5) is a failure, never a silent pass.
+run_pytest() {
+  local rc=0
+  .venv/bin/python -m pytest "$@" || rc=$?
+  if [ "$rc" -eq 5 ]; then
+    echo "pytest collected no tests for: $*" >&2
+    return 1
+  fi
+  return "$rc"
+}
+
+stage "bootstrap"
+scripts/bootstrap.sh
+
+stage "lint and types"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy operator/agentscale workloads/agentscale_worker
+
+stage "operator unit tests"
+run_pytest operator/tests -q -p no:cacheprovider
+
+stage "data-plane tests (real tritonserver + redis-server)"
+AGENTSCALE_REQUIRE_SERVICES=1 run_pytest workloads/tests -q -p no:cacheprovider
+
+if [ "${AGENTSCALE_E2E:-1}" = "0" ]; then
+  stage "end-to-end suite skipped (AGENTSCALE_E2E=0)"
+  exit 0
+fi
+
+stage "local cluster (build or reuse cached binaries, start)"
+e2e/cluster/up.sh
+cleanup() { stage "stopping the local cluster"; e2e/cluster/down.sh || true; }
+trap cleanup EXIT
+# shellcheck source=/dev/null
+. e2e/cluster/env.sh
+
+stage "end-to-end suite"
+run_pytest e2e/tests -v -p no:cacheprovider
+
+stage "all green in $((SECONDS - T0))s"
