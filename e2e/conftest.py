@@ -149,10 +149,16 @@ def kubeconfig() -> str:
     hint = "start one with e2e/cluster/up.sh (or set AGENTSCALE_E2E=0 to skip cluster tests)"
     if ":" not in path and not Path(path).is_file():
         pytest.fail(f"no kubeconfig at {path}: {hint}", pytrace=False)
-    probe = Kubectl(resolve_kubectl(), path, timeout=20).run("get", "--raw", "/readyz")
-    if probe.returncode != 0 or probe.stdout.strip() != "ok":
-        detail = (probe.stderr or probe.stdout).strip()
-        pytest.fail(f"no Kubernetes API server reachable with {path} ({detail}): {hint}", pytrace=False)
+    try:
+        probe = Kubectl(resolve_kubectl(), path, timeout=30).run(
+            "get", "--raw", "/readyz", "--request-timeout=15s"
+        )
+        ready, detail = probe.returncode == 0 and probe.stdout.strip() == "ok", probe.stderr or probe.stdout
+    except subprocess.TimeoutExpired:
+        ready, detail = False, "kubectl timed out"
+    if not ready:
+        reason = f"no Kubernetes API server reachable with {path} ({detail.strip()}): {hint}"
+        pytest.fail(reason, pytrace=False)
     return path
 
 

@@ -33,7 +33,7 @@ k() { "$kubectl_bin" --kubeconfig "$kc" "$@"; }
 mkdir -p "$(dirname "$kc")" "$KWOK_WORKDIR"
 
 cluster_exists() { "$kwokctl" get clusters 2>/dev/null | grep -qx "$name"; }
-healthy() { [ -s "$kc" ] && k get --raw /readyz >/dev/null 2>&1; }
+healthy() { [ -s "$kc" ] && k get --raw /readyz --request-timeout=5s >/dev/null 2>&1; }
 
 # wait_until <seconds> <description> <command...>: poll every 2s until the command succeeds.
 wait_until() {
@@ -142,10 +142,12 @@ log "applying fake nodes from nodes.yaml"
 k apply -f "$HERE/nodes.yaml" >/dev/null
 # Capacity/allocatable only change through the status subresource once a node exists.
 k create --dry-run=client -o json -f "$HERE/nodes.yaml" | python3 -c '
-import json, sys
-text, pos, decoder = sys.stdin.read(), 0, json.JSONDecoder()
-while text[pos:].strip():  # one JSON object per node, concatenated
-    node, pos = decoder.raw_decode(text, pos + len(text[pos:]) - len(text[pos:].lstrip()))
+import json, re, sys
+text, decoder, space = sys.stdin.read(), json.JSONDecoder(), re.compile(r"\s*")
+pos = space.match(text).end()
+while pos < len(text):  # kubectl prints one JSON object per node, back to back
+    node, pos = decoder.raw_decode(text, pos)
+    pos = space.match(text, pos).end()
     status = {key: node["status"][key] for key in ("capacity", "allocatable")}
     print(node["metadata"]["name"], json.dumps({"status": status}))
 ' | while read -r node patch; do

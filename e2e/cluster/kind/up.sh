@@ -39,10 +39,12 @@ chmod 600 "$kc"
 
 # One line per logical node of nodes.yaml: <logical-name> <json of labels, taints, extended resources>.
 k create --dry-run=client -o json -f "$HERE/../nodes.yaml" | python3 -c '
-import json, sys
-text, pos, decoder = sys.stdin.read(), 0, json.JSONDecoder()
-while text[pos:].strip():  # one JSON object per node, concatenated
-    node, pos = decoder.raw_decode(text, pos + len(text[pos:]) - len(text[pos:].lstrip()))
+import json, re, sys
+text, decoder, space = sys.stdin.read(), json.JSONDecoder(), re.compile(r"\s*")
+pos = space.match(text).end()
+while pos < len(text):  # kubectl prints one JSON object per node, back to back
+    node, pos = decoder.raw_decode(text, pos)
+    pos = space.match(text, pos).end()
     labels = {key: value for key, value in node["metadata"]["labels"].items()
               if not key.startswith("kubernetes.io/") and key != "type"}
     extended = {key: value for key, value in node["status"]["capacity"].items() if "/" in key}
