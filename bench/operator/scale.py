@@ -1,0 +1,461 @@
+"""How close the operator gets to the API server's own limit.
+
+For each N (default 100, 500, 1000) three-step workflows:
+
+* floor: ``kubectl apply --server-side`` of exactly the children the operator would create (rendered ahead
+  by the same pure renderer, without owner references), then wait until every Deployment has its replica
+  ready. That is what the API server, controller-manager, scheduler and kwok need anyway.
+* operator: a fresh ``agentscale run`` process; ``kubectl apply --server-side`` of the N AgentWorkflows,
+  then wait until every workflow reports Ready=True (which needs the same Deployments ready).
+
+It reports the ratio operator/floor per N, the operator's peak RSS and CPU seconds, write requests per
+workflow (from the API server's own ``apiserver_request_total``), and write requests in an idle minute.
+
+Runs on its own local cluster (name ``agentscale-bench``), with extra fake CPU nodes so 3N pods fit:
+
+    .venv/bin/python bench/operator/scale.py                 # 100 500 1000, writes docs/benchmarks.md
+    .venv/bin/python bench/operator/scale.py --sizes 50 --no-report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "operator"))
+
+from agentscale.api.models import AgentWorkflow  # noqa: E402
+from agentscale.api.validation import parse_spec  # noqa: E402
+from agentscale.render import render_workflow  # noqa: E402
+
+RESULTS = REPO / "bench" / "operator" / "results"
+DOC = REPO / "docs" / "benchmarks.md"
+IMG = REPO / "docs" / "img" / "operator-scale.png"
+BEGIN, END = "<!-- operator:begin -->", "<!-- operator:end -->"
+WATCHED = {
+    "agentworkflows",
+    "deployments",
+    "services",
+    "configmaps",
+    "horizontalpodautoscalers",
+    "poddisruptionbudgets",
+    "events",
+}
+WRITE_VERBS = {"POST", "PUT", "PATCH", "DELETE", "APPLY"}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Cluster:
+    def __init__(self, name: str) -> None:
+        self.env = {
+            **os.environ,
+            "AGENTSCALE_CLUSTER_NAME": name,
+            "KWOK_WORKDIR": str(REPO / ".cluster" / f"{name}-kwok"),
+            "AGENTSCALE_KUBECONFIG": str(REPO / ".cluster" / f"{name}.kubeconfig"),
+        }
+        self.kubeconfig = self.env["AGENTSCALE_KUBECONFIG"]
+        self.kubectl = subprocess.run(
+            ["bash", "-c", ". e2e/cluster/versions.sh && agentscale_bin kubectl"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+
+    def up(self) -> None:
+        subprocess.run(["bash", "e2e/cluster/up.sh"], cwd=REPO, env=self.env, check=True)
+
+    def down(self) -> None:
+        subprocess.run(["bash", "e2e/cluster/down.sh"], cwd=REPO, env=self.env, check=False)
+
+    def k(self, *args: str, input: str | None = None, timeout: float = 600) -> str:
+        proc = subprocess.run(
+            [self.kubectl, "--kubeconfig", self.kubeconfig, *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args[:4])}: {proc.stderr.strip()[:2000]}")
+        return proc.stdout
+
+    def writes(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for line in self.k("get", "--raw", "/metrics").splitlines():
+            if not line.startswith("apiserver_request_total{"):
+                continue
+            labels_part, _, value = line.rpartition(" ")
+            labels = dict(
+                (k, v.strip('"'))
+                for k, v in (kv.split("=", 1) for kv in labels_part[24:-1].split(",") if "=" in kv)
+            )
+            if labels.get("verb") in WRITE_VERBS:
+                res = labels.get("resource", "")
+                out[res] = out.get(res, 0) + int(float(value))
+        return out
+
+
+def bench_nodes(count: int) -> list[dict[str, Any]]:
+    """Extra CPU-only fake nodes, so thousands of worker pods have room."""
+    nodes = []
+    for i in range(count):
+        cap = {"cpu": "256", "memory": "1Ti", "pods": "1000"}
+        nodes.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": f"bench-cpu-{i}",
+                    "labels": {"kubernetes.io/hostname": f"bench-cpu-{i}", "type": "kwok"},
+                    "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                },
+                "status": {"capacity": cap, "allocatable": cap},
+            }
+        )
+    return nodes
+
+
+def workflow_doc(i: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "agentscale.io/v1alpha1",
+        "kind": "AgentWorkflow",
+        "metadata": {"name": f"wf-{i:05d}"},
+        "spec": {
+            "queue": {"redisUrl": "redis://redis.invalid:6379/0"},
+            "gateway": {"enabled": False},
+            "steps": [
+                {"name": "plan", "next": ["act"]},
+                {"name": "act", "next": ["reflect"]},
+                {"name": "reflect"},
+            ],
+        },
+    }
+
+
+def rendered_children(doc: dict[str, Any], namespace: str) -> list[dict[str, Any]]:
+    wf = AgentWorkflow(
+        metadata={"name": doc["metadata"]["name"], "namespace": namespace}, spec=parse_spec(doc["spec"])
+    )
+    return render_workflow(wf, None)
+
+
+def wait_watch(
+    cluster: Cluster, resource: str, namespace: str, ready: Any, count: int, timeout: float
+) -> float:
+    """Stream ``kubectl get -w`` and return when ``count`` objects satisfy ``ready``; returns the time."""
+    proc = subprocess.Popen(
+        [
+            cluster.kubectl,
+            "--kubeconfig",
+            cluster.kubeconfig,
+            "-n",
+            namespace,
+            "get",
+            resource,
+            "-w",
+            "-o",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    done: set[str] = set()
+    decoder = json.JSONDecoder()
+    buf = ""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"watch on {resource} ended early")
+            buf += line
+            if line.rstrip() != "}":
+                continue
+            try:
+                obj, _ = decoder.raw_decode(buf)
+            except ValueError:
+                continue
+            buf = ""
+            name = obj["metadata"]["name"]
+            if ready(obj):
+                done.add(name)
+            else:
+                done.discard(name)
+            if len(done) >= count:
+                return time.monotonic()
+        raise TimeoutError(f"{len(done)}/{count} {resource} ready after {timeout}s")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
+def deployment_ready(obj: dict[str, Any]) -> bool:
+    st = obj.get("status") or {}
+    return bool(st.get("readyReplicas", 0) >= obj["spec"].get("replicas", 1) and st.get("observedGeneration"))
+
+
+def workflow_ready(obj: dict[str, Any]) -> bool:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c["type"] == "Ready":
+            return bool(c["status"] == "True")
+    return False
+
+
+def delete_namespace(cluster: Cluster, ns: str) -> None:
+    cluster.k("delete", "namespace", ns, "--ignore-not-found", "--wait=true", timeout=1200)
+
+
+def proc_stats(pid: int) -> tuple[float, int]:
+    """(cpu seconds, peak RSS bytes) of a live process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    hwm = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            hwm = int(line.split()[1]) * 1024
+    return cpu, hwm
+
+
+def start_operator(cluster: Cluster, logfile: Path) -> subprocess.Popen[bytes]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/healthz"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agentscale.cli", "run", "--standalone", "--liveness", url],
+        env={**os.environ, "KUBECONFIG": cluster.kubeconfig},
+        stdout=logfile.open("wb"),
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"operator exited: {logfile.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return proc
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("operator did not become live in 60s")
+
+
+def run_size(cluster: Cluster, n: int, workdir: Path, idle_seconds: int) -> dict[str, Any]:
+    docs = [workflow_doc(i) for i in range(n)]
+
+    # --- floor
+    ns = f"floor-{n}"
+    cluster.k("create", "namespace", ns)
+    children = [c for d in docs for c in rendered_children(d, ns)]
+    deployments = sum(1 for c in children if c["kind"] == "Deployment")
+    path = workdir / f"floor-{n}.yaml"
+    path.write_text(yaml.safe_dump_all(children))
+    w0 = cluster.writes()
+    log(f"N={n}: floor: kubectl apply --server-side of {len(children)} objects")
+    t0 = time.monotonic()
+    cluster.k("apply", "--server-side", "--field-manager=agentscale", "-f", str(path), timeout=3600)
+    t_applied = time.monotonic() - t0
+    t_ready = wait_watch(cluster, "deployments", ns, deployment_ready, deployments, timeout=3600) - t0
+    w1 = cluster.writes()
+    floor_writes = sum(w1.get(r, 0) - w0.get(r, 0) for r in WATCHED)
+    log(f"N={n}: floor ready in {t_ready:.1f}s (apply {t_applied:.1f}s)")
+    delete_namespace(cluster, ns)
+
+    # --- operator
+    ns = f"op-{n}"
+    cluster.k("create", "namespace", ns)
+    proc = start_operator(cluster, workdir / f"operator-{n}.log")
+    try:
+        cpu0, _ = proc_stats(proc.pid)
+        wpath = workdir / f"workflows-{n}.yaml"
+        wpath.write_text(yaml.safe_dump_all(docs))
+        w0 = cluster.writes()
+        log(f"N={n}: operator: kubectl apply --server-side of {n} AgentWorkflows")
+        t0 = time.monotonic()
+        cluster.k("-n", ns, "apply", "--server-side", "-f", str(wpath), timeout=3600)
+        t_op = wait_watch(cluster, "agentworkflows", ns, workflow_ready, n, timeout=3600) - t0
+        w1 = cluster.writes()
+        cpu1, hwm = proc_stats(proc.pid)
+        op_writes = {r: w1.get(r, 0) - w0.get(r, 0) for r in WATCHED}
+        log(f"N={n}: operator Ready in {t_op:.1f}s; peak RSS {hwm / 2**20:.0f} MiB; CPU {cpu1 - cpu0:.1f}s")
+        # Let trailing status updates land, then measure an idle window.
+        time.sleep(15)
+        i0 = cluster.writes()
+        time.sleep(idle_seconds)
+        i1 = cluster.writes()
+        idle = {r: i1.get(r, 0) - i0.get(r, 0) for r in WATCHED if i1.get(r, 0) != i0.get(r, 0)}
+        _, hwm = proc_stats(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    delete_namespace(cluster, ns)
+    return {
+        "n": n,
+        "objects": len(children),
+        "floor_s": round(t_ready, 2),
+        "floor_apply_s": round(t_applied, 2),
+        "operator_s": round(t_op, 2),
+        "ratio": round(t_op / t_ready, 3),
+        "operator_peak_rss_mib": round(hwm / 2**20, 1),
+        "operator_cpu_s": round(cpu1 - cpu0, 2),
+        "floor_writes": floor_writes,
+        "operator_writes": sum(op_writes.values()),
+        "operator_writes_by_resource": {k: v for k, v in op_writes.items() if v},
+        "idle_window_s": idle_seconds,
+        "idle_writes": sum(idle.values()),
+        "idle_writes_by_resource": idle,
+    }
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) / 2**20
+    return f"{os.cpu_count()} vCPU ({cpu}), {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def plot(rows: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ns = [r["n"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(
+        ns, [r["floor_s"] for r in rows], "o-", label="floor: kubectl apply --server-side of the children"
+    )
+    ax.plot(ns, [r["operator_s"] for r in rows], "s-", label="operator: AgentWorkflows until all Ready")
+    for r in rows:
+        ax.annotate(
+            f"{r['ratio']:.2f}x", (r["n"], r["operator_s"]), textcoords="offset points", xytext=(4, 6)
+        )
+    ax.set_xlabel("three-step workflows (N)")
+    ax.set_ylabel("seconds until every one is ready")
+    ax.set_title("Operator vs API-server floor (local kwok cluster, 2 vCPU)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    IMG.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(IMG, dpi=120)
+
+
+def report(rows: list[dict[str, Any]], info: str) -> None:
+    lines = [
+        BEGIN,
+        "## Operator at scale: N workflows versus the API server's own floor",
+        "",
+        f"Machine: {info}. Local cluster from `e2e/cluster/` (kube-apiserver, etcd, controller-manager, "
+        "scheduler and kwok as local processes on the same 2 vCPU). "
+        "Run: `.venv/bin/python bench/operator/scale.py`.",
+        "",
+        "Floor = `kubectl apply --server-side` of exactly the children the operator renders, until every "
+        "Deployment has its replica ready. Operator = `kubectl apply` of the AgentWorkflows, until every one "
+        "reports Ready. "
+        "Target: ratio <= 1.5 at N = 1000, zero idle writes.",
+        "",
+        "| N | objects | floor (s) | operator (s) | ratio | operator peak RSS (MiB) | operator CPU (s) "
+        "| writes floor / operator | writes in idle minute |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['n']} | {r['objects']} | {r['floor_s']} | {r['operator_s']} | **{r['ratio']:.2f}** "
+            f"| {r['operator_peak_rss_mib']} | {r['operator_cpu_s']} "
+            f"| {r['floor_writes']} / {r['operator_writes']} "
+            f"| {r['idle_writes']} |"
+        )
+    lines += [
+        "",
+        "![operator scale](img/operator-scale.png)",
+        "",
+        "Operator writes by resource (during the run): "
+        + "; ".join(f"N={r['n']}: {r['operator_writes_by_resource']}" for r in rows),
+        "",
+        END,
+    ]
+    section = "\n".join(lines)
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
+    if BEGIN in text and END in text:
+        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    DOC.write_text(text)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 500, 1000])
+    ap.add_argument("--cluster-name", default="agentscale-bench")
+    ap.add_argument("--idle-seconds", type=int, default=60)
+    ap.add_argument("--keep-cluster", action="store_true")
+    ap.add_argument("--no-report", action="store_true", help="print only; do not touch docs/benchmarks.md")
+    args = ap.parse_args()
+
+    cluster = Cluster(args.cluster_name)
+    cluster.up()
+    rows: list[dict[str, Any]] = []
+    try:
+        nodes = bench_nodes(max(2, (3 * max(args.sizes)) // 800 + 1))
+        cluster.k("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes}))
+        for node in nodes:
+            patch = json.dumps({"status": node["status"]})
+            cluster.k(
+                "patch", "node", node["metadata"]["name"], "--subresource=status", "--type=merge", "-p", patch
+            )
+        cluster.k("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+        cluster.k("wait", "--for=condition=Established", "crd/agentworkflows.agentscale.io", "--timeout=60s")
+        with tempfile.TemporaryDirectory() as tmp:
+            for n in args.sizes:
+                row = run_size(cluster, n, Path(tmp), args.idle_seconds)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    finally:
+        if not args.keep_cluster:
+            cluster.down()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "scale.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2) + "\n")
+    print("\n N     floor(s)  operator(s)  ratio  peakRSS(MiB)  idle writes")
+    for r in rows:
+        print(
+            f" {r['n']:<5} {r['floor_s']:>8} {r['operator_s']:>11} {r['ratio']:>6.2f} "
+            f"{r['operator_peak_rss_mib']:>13} {r['idle_writes']:>12}"
+        )
+    if not args.no_report and rows:
+        plot(rows)
+        report(rows, machine())
+        log(f"wrote {DOC.relative_to(REPO)} and {IMG.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
