@@ -40,6 +40,18 @@ def cmd_crd(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_docs(args: argparse.Namespace) -> int:
+    from agentscale.api.reference import render_reference
+
+    text = render_reference()
+    if args.write:
+        Path(args.write).write_text(text)
+        print(f"wrote {args.write}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     docs: list[dict[str, Any]] = []
     for path in args.file:
@@ -98,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("crd", help="print the CRD generated from the API models")
     p.add_argument("--write", metavar="PATH", help=f"write it to PATH (the repo keeps it at {CRD_PATH})")
     p.set_defaults(fn=cmd_crd)
+    p = sub.add_parser("docs", help="print the API reference generated from the CRD schema")
+    p.add_argument("--write", metavar="PATH", help="write it to PATH (the repo keeps it at docs/api.md)")
+    p.set_defaults(fn=cmd_docs)
     p = sub.add_parser("render", help="print the Kubernetes objects a workflow file becomes")
     p.add_argument("file", nargs="+", help="workflow YAML files ('-' for stdin)")
     p.set_defaults(fn=cmd_render)

@@ -60,3 +60,12 @@ def test_defaults_and_rules_present() -> None:
     crd = build_crd()
     assert crd["spec"]["names"]["shortNames"] == ["aw"]
     assert crd["spec"]["versions"][0]["subresources"] == {"status": {}}
+
+
+def test_committed_api_reference_matches_schema() -> None:
+    from agentscale.api.reference import render_reference
+    from tests_paths import ROOT
+
+    assert (ROOT / "docs" / "api.md").read_text() == render_reference(), (
+        "docs/api.md is stale: run `agentscale docs --write docs/api.md`"
+    )
