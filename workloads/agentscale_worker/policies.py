@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,31 +44,56 @@ class BatchPolicy:
 
 # ---- load balancing ----------------------------------------------------------------------------------
 
-STRATEGIES = ("least-outstanding", "power-of-two", "round-robin")
+STRATEGIES = ("least-outstanding", "power-of-two", "round-robin", "peak-ewma")
 
 
 class Balancer:
-    """Chooses an endpoint and tracks outstanding requests per endpoint.
+    """Chooses an endpoint and tracks outstanding requests (and, for peak-ewma, latency) per endpoint.
 
     least-outstanding: the endpoint with the fewest requests in flight from this client (ties at random).
     power-of-two: two endpoints at random, the less loaded of them.
-    round-robin: in turn, blind to load (the baseline)."""
+    round-robin: in turn, blind to load (the baseline).
+    peak-ewma: two endpoints at random (every endpoint when there are at most two), the one with the lowest
+    ``ewma_latency x (outstanding + 1)`` (Finagle/Linkerd's peak-EWMA). The latency estimate jumps up to a
+    slower observation at once and decays toward faster ones with time constant ``decay_s``, so a slow or
+    overloaded replica is avoided immediately and tried again as its estimate ages. An endpoint without
+    observations costs the mean of the others (zero when none has any), so a new replica gets traffic.
 
-    def __init__(self, strategy: str = "least-outstanding", rng: random.Random | None = None) -> None:
+    Callers pass the observed latency to :meth:`release`; ``now`` is injectable for tests."""
+
+    def __init__(
+        self,
+        strategy: str = "least-outstanding",
+        rng: random.Random | None = None,
+        decay_s: float = 10.0,
+    ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"load balancing {strategy!r} is not one of {STRATEGIES}")
         self.strategy = strategy
         self.rng = rng or random.Random()
+        self.decay_s = decay_s
         self.outstanding: dict[str, int] = {}
+        self.ewma_s: dict[str, float] = {}  # endpoint -> latency estimate (peak-ewma)
+        self._stamp: dict[str, float] = {}  # endpoint -> time of its last observation
         self._rr = 0
 
     def set_endpoints(self, endpoints: Sequence[str]) -> None:
-        """Replace the endpoint set, keeping the counts of endpoints that stay."""
+        """Replace the endpoint set, keeping the counts and estimates of endpoints that stay."""
         self.outstanding = {e: self.outstanding.get(e, 0) for e in endpoints}
+        self.ewma_s = {e: v for e, v in self.ewma_s.items() if e in self.outstanding}
+        self._stamp = {e: v for e, v in self._stamp.items() if e in self.outstanding}
 
     @property
     def endpoints(self) -> list[str]:
         return list(self.outstanding)
+
+    def cost(self, endpoint: str) -> float:
+        """peak-ewma's load estimate of ``endpoint``: latency estimate x (requests in flight + 1)."""
+        est = self.ewma_s.get(endpoint)
+        if est is None:
+            known = list(self.ewma_s.values())
+            est = sum(known) / len(known) if known else 0.0
+        return est * (self.outstanding.get(endpoint, 0) + 1)
 
     def choose(self) -> str:
         eps = list(self.outstanding)
@@ -79,6 +105,11 @@ class Balancer:
         if self.strategy == "power-of-two":
             pair = self.rng.sample(eps, 2) if len(eps) >= 2 else eps
             return min(pair, key=lambda e: self.outstanding[e])
+        if self.strategy == "peak-ewma":
+            pair = self.rng.sample(eps, 2) if len(eps) > 2 else eps
+            costs = {e: self.cost(e) for e in pair}
+            low_cost = min(costs.values())
+            return self.rng.choice([e for e in pair if costs[e] == low_cost])
         low = min(self.outstanding.values())
         return self.rng.choice([e for e in eps if self.outstanding[e] == low])
 
@@ -87,9 +118,23 @@ class Balancer:
         self.outstanding[e] += 1
         return e
 
-    def release(self, endpoint: str) -> None:
+    def observe(self, endpoint: str, latency_s: float, now: float) -> None:
+        """Fold one observed latency into ``endpoint``'s peak-EWMA estimate."""
+        if endpoint not in self.outstanding:
+            return
+        prev = self.ewma_s.get(endpoint)
+        if prev is None or latency_s > prev:
+            self.ewma_s[endpoint] = latency_s  # the peak: jump up at once
+        else:
+            w = math.exp(-max(0.0, now - self._stamp.get(endpoint, now)) / self.decay_s)
+            self.ewma_s[endpoint] = prev * w + latency_s * (1 - w)
+        self._stamp[endpoint] = now
+
+    def release(self, endpoint: str, latency_s: float | None = None, now: float | None = None) -> None:
         if endpoint in self.outstanding:
             self.outstanding[endpoint] = max(0, self.outstanding[endpoint] - 1)
+            if latency_s is not None:
+                self.observe(endpoint, latency_s, time.monotonic() if now is None else now)
 
 
 # ---- admission control -------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 ``ModelClient.infer`` takes ONE sample (arrays without the batch axis) and returns that sample's outputs.
 Concurrent calls are grouped into one Triton request by :class:`~agentscale_worker.policies.BatchPolicy`
 (max size, max wait); a batch goes to the endpoint the :class:`~agentscale_worker.policies.Balancer`
-picks. Endpoints come from DNS of the model's headless Service (every pod IP), re-resolved periodically,
+picks (least-outstanding, power-of-two, round-robin, or peak-ewma, which also learns each endpoint's
+latency). Endpoints come from DNS of the model's headless Service (every pod IP), re-resolved periodically,
 or from a fixed ``host:port,host:port`` list (tests, benchmarks)."""
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .policies import Balancer, BatchPolicy
 
 log = logging.getLogger(__name__)
 Arrays = dict[str, npt.NDArray[Any]]
+FAILURE_PENALTY_S = 1.0
 
 
 def parse_static(host: str, default_port: int) -> list[str] | None:
@@ -171,12 +173,16 @@ class ModelClient:
         gauge = metrics.TRITON_OUTSTANDING.labels(*self.labels, endpoint)
         gauge.inc()
         t0 = time.monotonic()
+        # the latency the balancer learns from (peak-ewma); a failure counts as at least FAILURE_PENALTY_S so
+        # a replica that fails fast does not attract traffic
+        observed = FAILURE_PENALTY_S
         try:
             result = await self._clients[endpoint].infer(self.model, tensors, client_timeout=self.timeout_s)
+            observed = time.monotonic() - t0
         finally:
-            self.balancer.release(endpoint)
+            self.balancer.release(endpoint, max(observed, time.monotonic() - t0))
             gauge.dec()
-        metrics.TRITON_LATENCY.labels(*self.labels, self.model).observe(time.monotonic() - t0)
+        metrics.TRITON_LATENCY.labels(*self.labels, self.model).observe(observed)
         n = len(next(iter(batch.values())))
         self.batch_sizes.append(n)
         metrics.BATCH_SIZE.labels(*self.labels, self.model).observe(n)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 
@@ -116,6 +117,55 @@ def test_least_outstanding_shifts_load_off_a_slow_endpoint() -> None:
             busy.append((tick + (4 if e == "slow" else 1), e))
         share = sent["slow"] / sum(sent.values())
         assert share <= expect_slow_share + 0.01, (strategy, share)
+
+
+def test_peak_ewma_cost_is_latency_times_outstanding_plus_one() -> None:
+    b = Balancer("peak-ewma", random.Random(0), decay_s=10.0)
+    b.set_endpoints(["fast", "slow"])
+    assert b.cost("fast") == 0.0  # nothing observed anywhere yet
+    b.observe("fast", 0.010, now=0.0)
+    assert b.cost("slow") == pytest.approx(0.010)  # unobserved: the mean of the others
+    b.observe("slow", 0.030, now=0.0)
+    assert b.choose() == "fast"
+    b.outstanding.update(fast=2)  # 0.010 x 3 = 0.030 x 1: a tie, either may win
+    assert {b.choose() for _ in range(50)} == {"fast", "slow"}
+    b.outstanding.update(fast=3)  # 0.040 > 0.030: the slow one is now cheaper
+    assert b.choose() == "slow"
+
+
+def test_peak_ewma_jumps_up_and_decays_down() -> None:
+    b = Balancer("peak-ewma", decay_s=10.0)
+    b.set_endpoints(["a"])
+    b.observe("a", 0.010, now=0.0)
+    b.observe("a", 0.100, now=1.0)
+    assert b.ewma_s["a"] == pytest.approx(0.100)  # peak: at once
+    b.observe("a", 0.010, now=11.0)  # one time constant later: e^-1 of the old value remains
+    assert b.ewma_s["a"] == pytest.approx(0.100 * math.exp(-1) + 0.010 * (1 - math.exp(-1)))
+    b.release("a", 0.001, now=11.0)  # release feeds observe; no time passed: the estimate stays
+    assert b.ewma_s["a"] == pytest.approx(0.100 * math.exp(-1) + 0.010 * (1 - math.exp(-1)))
+    b.set_endpoints(["b"])  # a replica that left forgets its estimate
+    assert b.ewma_s == {} and b.outstanding == {"b": 0}
+
+
+def test_peak_ewma_sends_little_to_a_slow_endpoint_at_light_load() -> None:
+    """Simulated open loop: one request every 2 ticks; 'slow' takes 4 ticks, 'fast' 1. Least-outstanding
+    splits idle-time ties evenly, so half the requests wait 4 ticks; peak-ewma learns and avoids 'slow'."""
+    shares = {}
+    for strategy in ("least-outstanding", "peak-ewma"):
+        b = Balancer(strategy, random.Random(0), decay_s=50.0)
+        b.set_endpoints(["fast", "slow"])
+        busy: list[tuple[int, int, str]] = []
+        sent: Counter[str] = Counter()
+        for tick in range(0, 4000, 2):
+            for done, start, e in [x for x in busy if x[0] <= tick]:
+                busy.remove((done, start, e))
+                b.release(e, float(done - start), now=float(tick))
+            e = b.acquire()
+            sent[e] += 1
+            busy.append((tick + (4 if e == "slow" else 1), tick, e))
+        shares[strategy] = sent["slow"] / sum(sent.values())
+    assert shares["least-outstanding"] > 0.3
+    assert shares["peak-ewma"] < 0.05, shares
 
 
 def test_admission_follows_littles_law() -> None:

@@ -10,6 +10,7 @@ Each network takes a batch (axis 0) and returns a batch; ``SPECS`` declares the 
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,11 +62,20 @@ PATCH = 4
 GRID = IMG // PATCH  # 8 -> 64 patches
 MAX_OBJECTS = 8
 PLAN_FEATURES = MAX_OBJECTS * 8 + 1
+# encoder-large (benchmark model): token embeddings -> 1024 -> 4096 -> 4096 -> 1024, 25M float32 weights
+# (100 MB). One sample is a matrix-vector product per layer (memory-bound, ~5 ms on one 2-core-machine
+# core); a batch of 32 reads the same weights once (compute-bound GEMM), so batching pays here as on a GPU.
+LARGE_WIDTH = 1024
+LARGE_HIDDEN = 4096
 
 SPECS: dict[str, ModelSpec] = {
     "query-encoder": ModelSpec(
         (TensorSpec("QUERY_TOKENS", "int32", (QUERY_LEN,)),),
         (TensorSpec("EMBEDDING", "float32", (EMB,)),),
+    ),
+    "encoder-large": ModelSpec(
+        (TensorSpec("QUERY_TOKENS", "int32", (QUERY_LEN,)),),
+        (TensorSpec("EMBEDDING", "float32", (LARGE_WIDTH,)),),
     ),
     "ranker": ModelSpec(
         (TensorSpec("QUERY", "float32", (EMB,)), TensorSpec("ITEMS", "float32", (TOP_K, EMB))),
@@ -151,6 +161,27 @@ def build(model: str, seed: int = 0) -> Net:
             return {"EMBEDDING": e.astype(F32)}
 
         return query_encoder
+    if model == "encoder-large":
+        table = rng.standard_normal((VOCAB, LARGE_WIDTH)).astype(F32)
+        dims = [LARGE_WIDTH, LARGE_HIDDEN, LARGE_HIDDEN, LARGE_WIDTH]
+        # weights stored [out, in] (torch.nn.Linear's layout) and applied as W @ x^T: OpenBLAS then keeps
+        # small batches cheap instead of repacking the large matrix for every call
+        tlayers = []
+        for n_in, n_out in itertools.pairwise(dims):
+            w, b = _dense(rng, n_in, n_out)
+            tlayers.append((np.ascontiguousarray(w.T), b[:, None]))
+
+        def encoder_large(x: dict[str, Array]) -> dict[str, Array]:
+            tok = np.asarray(x["QUERY_TOKENS"]).astype(np.int64) % VOCAB
+            h = np.ascontiguousarray(table[tok].mean(axis=1).T)  # [width, batch]
+            for i, (w, b) in enumerate(tlayers):
+                h = w @ h + b
+                if i < len(tlayers) - 1:
+                    h = _relu(h)
+            e = h.T / (np.linalg.norm(h, axis=0)[:, None] + F32(1e-6))
+            return {"EMBEDDING": np.ascontiguousarray(e, dtype=F32)}
+
+        return encoder_large
     if model == "ranker":
         layers = [_dense(rng, 3 * EMB, 128), _dense(rng, 128, 64), _dense(rng, 64, 1)]
 

@@ -66,8 +66,11 @@ class TritonPythonModel:
                 {"name": t.name, "data_type": t.triton_type, "dims": list(t.dims)}
             )
         if config.get("max_batch_size", 0) == 0:
+            # a minimal config (no batching stated): batch up to 64 with Triton's dynamic batcher. A config
+            # that states max_batch_size is taken as written: without a dynamic_batching block, batching is
+            # off (the operator renders the block only when the spec asks for it).
             auto_complete_model_config.set_max_batch_size(64)
-        auto_complete_model_config.set_dynamic_batching()
+            auto_complete_model_config.set_dynamic_batching()
         return auto_complete_model_config
 
     def initialize(self, args):
