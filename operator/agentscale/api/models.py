@@ -344,6 +344,7 @@ class ClientBatch(_Model):
 class LoadBalancing(StrEnum):
     least_outstanding = "least-outstanding"
     power_of_two = "power-of-two"
+    peak_ewma = "peak-ewma"
     round_robin = "round-robin"
 
 
@@ -374,7 +375,11 @@ class Step(_Model):
     concurrency: int = Field(8, ge=1, le=10_000, description="Messages one worker processes at once.")
     batch: ClientBatch = Field(default_factory=ClientBatch, description="Client-side micro-batching.")
     loadBalancing: LoadBalancing = Field(
-        LoadBalancing.least_outstanding, description="How a worker spreads calls across model replicas."
+        LoadBalancing.least_outstanding,
+        description=(
+            "How a worker spreads calls across model replicas: least-outstanding, power-of-two (random two, "
+            "fewer in flight), peak-ewma (two choices weighted by observed latency), or round-robin."
+        ),
     )
     maxDeliveries: int = Field(
         5, ge=1, le=100, description="Attempts before a message goes to the dead-letter stream."
