@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 import kopf
 
@@ -51,14 +51,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     await memo.op.stop()
-
-
-def _post(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-    target = cast(kopf.Body, body)
-    if type_ == "Warning":
-        kopf.warn(target, reason=reason, message=message)
-    else:
-        kopf.info(target, reason=reason, message=message)
 
 
 # ---------------------------------------------------------------------------------------------- indexes
@@ -123,7 +115,7 @@ async def reconcile(
     op: Operator = memo.op
     op.bind(kwargs)
     try:
-        await op.reconcile((namespace, name), spec, meta.get("generation") or 0, meta.uid or "", _post, body)
+        await op.reconcile((namespace, name), spec, meta.get("generation") or 0, meta.uid or "")
     except ApiError as exc:
         raise kopf.TemporaryError(str(exc), delay=5) from exc
 
@@ -146,12 +138,7 @@ async def _child_event(
         if record and not record["deleting"] and st is not None and st.workflow is not None:
             # Someone deleted a child we still want: put it back (level-triggered, not event-chained).
             try:
-                ref = {
-                    "apiVersion": m.API_VERSION,
-                    "kind": m.KIND,
-                    "metadata": {"name": key[1], "namespace": namespace, "uid": record["uid"]},
-                }
-                await op.reconcile(key, record["spec"], record["generation"], record["uid"], _post, ref)
+                await op.reconcile(key, record["spec"], record["generation"], record["uid"])
             except ApiError as exc:
                 raise kopf.TemporaryError(str(exc), delay=5) from exc
             return

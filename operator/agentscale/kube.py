@@ -8,8 +8,10 @@ server-side apply is one PATCH with a content type, and dicts in and out keep th
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import logging
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,6 +162,29 @@ class KubeClient:
             body={"spec": {"replicas": replicas}},
             content_type="application/merge-patch+json",
         )
+
+    async def post_event(
+        self, involved: dict[str, str], type_: str, reason: str, message: str, component: str = "agentscale"
+    ) -> None:
+        """Record a core/v1 Event about ``involved`` (apiVersion, kind, name, namespace, uid)."""
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        ns = involved["namespace"]
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{involved['name']}.", "namespace": ns},
+            "involvedObject": involved,
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": component},
+            "reportingComponent": component,
+            "reportingInstance": socket.gethostname()[:128],
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        await self._request("POST", object_path("v1", "Event", ns), f"event {reason}", body=body)
 
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:

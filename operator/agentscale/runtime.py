@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,6 @@ from agentscale.status import DeploymentSummary, Observed, PendingPod, compute_s
 log = logging.getLogger("agentscale")
 
 Key = tuple[str, str]  # (namespace, workflow name)
-EventPoster = Callable[[Mapping[str, Any], str, str, str], None]  # (body, type, reason, message)
 
 
 @dataclass
@@ -32,6 +31,17 @@ class WorkflowState:
     workflow: AgentWorkflow | None
     problems: list[str] = field(default_factory=list)
     apply_error: str = ""
+
+
+def conditions_turned_true(
+    old: Mapping[str, Any], new: Mapping[str, Any], types: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    before = {c.get("type"): c.get("status") for c in old.get("conditions") or []}
+    return [
+        c
+        for c in new.get("conditions") or []
+        if c["type"] in types and c["status"] == "True" and before.get(c["type"]) != "True"
+    ]
 
 
 def _first(store: Any) -> Any:
@@ -88,9 +98,15 @@ class Operator:
 
     # ------------------------------------------------------------------ reconcile
 
-    async def reconcile(
-        self, key: Key, spec: Mapping[str, Any], generation: int, uid: str, post: EventPoster, body: Any
-    ) -> Outcome | None:
+    async def post(self, key: Key, uid: str, type_: str, reason: str, message: str) -> None:
+        """An Event on the workflow, for what a person should notice. Never fails the caller."""
+        involved = {"apiVersion": API_VERSION, "kind": KIND, "name": key[1], "namespace": key[0], "uid": uid}
+        try:
+            await self.client.post_event(involved, type_, reason, message)
+        except Exception as exc:
+            log.warning("could not record event %s on %s/%s: %s", reason, key[0], key[1], exc)
+
+    async def reconcile(self, key: Key, spec: Mapping[str, Any], generation: int, uid: str) -> Outcome | None:
         """Render, diff against the children that exist, apply the difference, refresh status.
 
         Invalid input never raises: it becomes a Degraded/InvalidSpec condition and a Warning Event.
@@ -103,7 +119,7 @@ class Operator:
             changed = self.state.get(key, WorkflowState(-1, None)).problems != exc.problems
             self.state[key] = WorkflowState(generation, None, exc.problems)
             if changed:
-                post(body, "Warning", "InvalidSpec", "; ".join(exc.problems)[:1000])
+                await self.post(key, uid, "Warning", "InvalidSpec", "; ".join(exc.problems))
             await self.refresh(key)
             return None
         wf = AgentWorkflow(metadata={"name": name, "namespace": namespace}, spec=parsed)
@@ -115,14 +131,15 @@ class Operator:
         error = "; ".join(outcome.rejected)
         self.state[key] = WorkflowState(generation, wf, [], error)
         if outcome.rejected:
-            post(body, "Warning", "ApplyFailed", error[:1000])
+            await self.post(key, uid, "Warning", "ApplyFailed", error)
         if outcome.applied or outcome.pruned:
             msg = f"Applied {len(outcome.applied)} objects"
             if outcome.pruned:
                 msg += f", pruned {', '.join(outcome.pruned)}"
-            post(body, "Normal", "Reconciled", msg[:1000])
+            await self.post(key, uid, "Normal", "Reconciled", msg)
         for dep, old, new in outcome.scaled:
-            post(body, "Normal", "Scaled", f"{dep}: {old} -> {new} replicas (clamped to the spec's bounds)")
+            msg = f"{dep}: {old} -> {new} replicas (clamped to the spec's bounds)"
+            await self.post(key, uid, "Normal", "Scaled", msg)
         await self.refresh(key)
         return outcome
 
@@ -160,6 +177,9 @@ class Operator:
                 return
             raise
         self.written[key] = {**old, **new}
+        for cond in conditions_turned_true(old, new, ("GPUCapacityShort", "Degraded")):
+            if cond.get("reason") != "InvalidSpec":  # already announced by reconcile
+                await self.post(key, str(record.get("uid", "")), "Warning", cond["reason"], cond["message"])
 
     def forget(self, key: Key) -> None:
         self.state.pop(key, None)

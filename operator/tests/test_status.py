@@ -129,3 +129,13 @@ def test_summaries_from_raw_objects() -> None:
     assert p is not None and p.short_of_gpus and p.gpu_resource == "nvidia.com/mig-1g.10gb"
     pod["spec"]["nodeName"] = "n1"
     assert pending_pod(pod) is None
+
+
+def test_conditions_turned_true_only_on_transition() -> None:
+    from agentscale.runtime import conditions_turned_true
+
+    old = {"conditions": [{"type": "GPUCapacityShort", "status": "False"}]}
+    new = {"conditions": [{"type": "GPUCapacityShort", "status": "True", "reason": "InsufficientGPU"}]}
+    assert [c["type"] for c in conditions_turned_true(old, new, ("GPUCapacityShort",))] == ["GPUCapacityShort"]
+    assert conditions_turned_true(new, new, ("GPUCapacityShort",)) == []
+    assert conditions_turned_true({}, new, ("Degraded",)) == []
