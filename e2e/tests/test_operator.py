@@ -133,6 +133,14 @@ def test_gpu_shortage_is_reported_with_numbers(
     assert "Insufficient nvidia.com/gpu" in msg
     assert condition(wf, "Ready")["status"] == "False"
     assert wf["status"]["models"]["huge"]["pending"] >= 3  # the pool has 16 GPUs: at most 2 pods of 8 fit
+
+    def warned() -> bool:
+        events = kubectl.json(
+            "-n", namespace, "get", "events", "--field-selector", "involvedObject.name=greedy"
+        )
+        return any(e["reason"] == "InsufficientGPU" and e["type"] == "Warning" for e in events["items"])
+
+    wait_for(warned, timeout=30, message="a Warning Event InsufficientGPU on the workflow")
     pending = [
         p
         for p in kubectl.json("-n", namespace, "get", "pods", "-l", "agentscale.io/model=huge")["items"]
