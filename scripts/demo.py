@@ -492,7 +492,7 @@ def main() -> int:
             say(f"{p.name:<14} {where}  metrics :{p.metrics_port}  ({p.replicas} in cluster, 1 here)")
         say("env from the operator's Deployments; replaced: AGENTSCALE_REDIS_URL, AGENTSCALE_TRITON_HOST/")
         say("_GRPC_PORT/_HTTP_PORT (loopback), AGENTSCALE_METRICS_PORT (one port per local process),")
-        say("AGENTSCALE_PRIORITY and the graph's priority as integers (see docs/demo.md, "Known issue")")
+        say("AGENTSCALE_PRIORITY and the graph's priority as integers (see docs/demo.md, Known issue)")
         body = json.dumps({"input": {"query": "wireless noise cancelling headphones"}}).encode()
         req = urllib.request.Request(
             gateway_url + "/v1/runs/sync", data=body, headers={"Content-Type": "application/json"}
