@@ -136,6 +136,8 @@ def test_conditions_turned_true_only_on_transition() -> None:
 
     old = {"conditions": [{"type": "GPUCapacityShort", "status": "False"}]}
     new = {"conditions": [{"type": "GPUCapacityShort", "status": "True", "reason": "InsufficientGPU"}]}
-    assert [c["type"] for c in conditions_turned_true(old, new, ("GPUCapacityShort",))] == ["GPUCapacityShort"]
+    assert [c["type"] for c in conditions_turned_true(old, new, ("GPUCapacityShort",))] == [
+        "GPUCapacityShort"
+    ]
     assert conditions_turned_true(new, new, ("GPUCapacityShort",)) == []
     assert conditions_turned_true({}, new, ("Degraded",)) == []

@@ -15,6 +15,22 @@ class GraphError(ValueError):
     """AGENTSCALE_GRAPH is not a usable DAG."""
 
 
+# The AgentWorkflow API names priorities; the runtime compares integers (a request may carry its own).
+PRIORITY_LEVELS = {"batch": 0, "low": 1, "normal": 2, "high": 3, "critical": 4}
+
+
+def priority_value(raw: Any) -> int:
+    """A priority as an integer: a name from the API (``high``) or a number (``3``)."""
+    if raw is None or raw == "":
+        return PRIORITY_LEVELS["normal"]
+    if isinstance(raw, str) and raw.strip().lower() in PRIORITY_LEVELS:
+        return PRIORITY_LEVELS[raw.strip().lower()]
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        raise GraphError(f"priority {raw!r}: use one of {', '.join(PRIORITY_LEVELS)} or an integer") from None
+
+
 @dataclass(frozen=True)
 class Graph:
     """The workflow DAG: step -> model and step -> next steps, plus the SLO."""
@@ -48,7 +64,7 @@ class Graph:
         slo = raw.get("slo") or {}
         g = cls(
             steps=steps,
-            priority=int(raw.get("priority") or 0),
+            priority=priority_value(raw.get("priority")),
             p95_latency_ms=int(slo.get("p95LatencyMs") or 1000),
             target_rps=float(slo.get("targetThroughputRps") or 0.0),
         )
@@ -155,7 +171,7 @@ class Settings:
             max_deliveries=max(1, int(_env(e, "AGENTSCALE_MAX_DELIVERIES", "5"))),
             metrics_port=int(_env(e, "AGENTSCALE_METRICS_PORT", "9090")),
             gateway_port=int(_env(e, "AGENTSCALE_GATEWAY_PORT", "8080")),
-            priority=int(_env(e, "AGENTSCALE_PRIORITY", str(graph.priority))),
+            priority=priority_value(_env(e, "AGENTSCALE_PRIORITY", str(graph.priority))),
             claim_idle_ms=int(_env(e, "AGENTSCALE_CLAIM_IDLE_MS", "30000")),
         )
         values.update(overrides)

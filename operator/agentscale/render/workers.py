@@ -68,15 +68,16 @@ def step_env(wf: AgentWorkflow, step: Step) -> list[dict[str, Any]]:
     return env
 
 
-def _probes(port: str) -> dict[str, Any]:
+def _probes(ready_port: str, ready_path: str) -> dict[str, Any]:
+    """Readiness where the process says it can serve; liveness on the metrics server (event loop alive)."""
     return {
         "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": port},
+            "httpGet": {"path": ready_path, "port": ready_port},
             "periodSeconds": 5,
             "failureThreshold": 3,
         },
         "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": port},
+            "httpGet": {"path": "/healthz", "port": "metrics"},
             "periodSeconds": 10,
             "failureThreshold": 6,
         },
@@ -157,7 +158,7 @@ def step_deployment(wf: AgentWorkflow, step: Step) -> dict[str, Any]:
         "resources": pods.resources(step.resources, step.gpu, WORKER_DEFAULT_REQUESTS),
         "securityContext": dict(pods.CONTAINER_SECURITY),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-        **_probes("metrics"),
+        **_probes("metrics", "/healthz"),
     }
     if step.command:
         container["command"] = list(step.command)
@@ -192,7 +193,7 @@ def gateway_deployment(wf: AgentWorkflow) -> dict[str, Any]:
         "resources": pods.resources(gw.resources, None, WORKER_DEFAULT_REQUESTS),
         "securityContext": dict(pods.CONTAINER_SECURITY),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-        **_probes("metrics"),
+        **_probes("http", "/readyz"),
     }
     template = _pod_template(wf, L.GATEWAY, None, container, None, 30, gw.podAnnotations)
     return _deployment(wf, L.child_name(wf, "gateway"), L.GATEWAY, None, gw.replicas, template, None)
