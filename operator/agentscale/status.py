@@ -182,14 +182,21 @@ def compute_status(obs: Observed) -> dict[str, Any]:
     for p in obs.pending:
         pending_by_part[(p.component, p.part)] = pending_by_part.get((p.component, p.part), 0) + 1
 
+    # An autoscaler may not have raised a new Deployment to its floor yet: the floor is still what we want.
+    floors = {(L.STEP, s.name): s.scaling for s in wf.spec.steps}
+    floors.update({(L.MODEL, m.name): m.scaling for m in wf.spec.models})
+
     def replicas(component: str, names: list[str]) -> tuple[dict[str, Any], int]:
         block: dict[str, Any] = {}
         ready_count = 0
         for n in names:
             d = by_part.get((component, n))
             desired, ready = (d.desired, d.ready) if d else (0, 0)
+            sc = floors[(component, n)]
+            if d is not None and sc.mode.value != "fixed":
+                desired = max(desired, sc.minReplicas, 1 if sc.mode.value == "hpa" else 0)
             block[n] = {"desired": desired, "ready": ready, "pending": pending_by_part.get((component, n), 0)}
-            if d is not None and d.settled:
+            if d is not None and d.settled and ready >= desired:
                 ready_count += 1
         return block, ready_count
 
@@ -207,10 +214,16 @@ def compute_status(obs: Observed) -> dict[str, Any]:
     if wf.spec.gateway.enabled:
         expected.add((L.GATEWAY, ""))
     missing = sorted(f"{c}/{p}" if p else c for c, p in expected if (c, p) not in by_part)
+    below_floor = {
+        (c, p)
+        for c, kind in ((L.STEP, "steps"), (L.MODEL, "models"))
+        for p, v in out[kind].items()
+        if v["ready"] < v["desired"]
+    }
     unsettled = sorted(
         f"{d.component}/{d.part}" if d.part else d.component
         for d in obs.deployments
-        if (d.component, d.part) in expected and not d.settled
+        if (d.component, d.part) in expected and (not d.settled or (d.component, d.part) in below_floor)
     )
     stuck = sorted(d.name for d in obs.deployments if d.deadline_exceeded)
     gpu_msg = gpu_short_message(obs.pending)

@@ -141,3 +141,19 @@ def test_conditions_turned_true_only_on_transition() -> None:
     ]
     assert conditions_turned_true(new, new, ("GPUCapacityShort",)) == []
     assert conditions_turned_true({}, new, ("Degraded",)) == []
+
+
+def test_autoscaled_floor_counts_before_the_hpa_acts() -> None:
+    spec = minimal_spec(
+        models=[], steps=[{"name": "a", "scaling": {"mode": "hpa", "minReplicas": 2, "maxReplicas": 4}}]
+    )
+    wf = AgentWorkflow(metadata={"name": "wf", "namespace": "ns"}, spec=parse_spec(spec))
+    deps = [dep("step", "a", desired=1, ready=1), dep("gateway", "")]
+    st = compute_status(Observed(generation=1, workflow=wf, deployments=deps))
+    assert st["steps"]["a"]["desired"] == 2
+    assert conds(st)["Ready"]["status"] == "False"
+    deps = [dep("step", "a", desired=2, ready=2), dep("gateway", "")]
+    assert (
+        conds(compute_status(Observed(generation=1, workflow=wf, deployments=deps)))["Ready"]["status"]
+        == "True"
+    )
