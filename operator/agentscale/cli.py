@@ -30,26 +30,23 @@ def _workflow(doc: dict[str, Any]) -> AgentWorkflow:
     )
 
 
-def cmd_crd(args: argparse.Namespace) -> int:
-    text = render_crd_yaml()
-    if args.write:
-        Path(args.write).write_text(text)
-        print(f"wrote {args.write}")
+def _emit(text: str, path: str | None) -> int:
+    if path:
+        Path(path).write_text(text)
+        print(f"wrote {path}")
     else:
         sys.stdout.write(text)
     return 0
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    return _emit(render_crd_yaml(), args.write)
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
     from agentscale.api.reference import render_reference
 
-    text = render_reference()
-    if args.write:
-        Path(args.write).write_text(text)
-        print(f"wrote {args.write}")
-    else:
-        sys.stdout.write(text)
-    return 0
+    return _emit(render_reference(), args.write)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
