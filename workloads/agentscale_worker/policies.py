@@ -44,36 +44,43 @@ class BatchPolicy:
 
 # ---- load balancing ----------------------------------------------------------------------------------
 
-STRATEGIES = ("least-outstanding", "power-of-two", "round-robin", "peak-ewma")
+STRATEGIES = ("least-outstanding", "power-of-two", "round-robin", "least-latency")
 
 
 class Balancer:
-    """Chooses an endpoint and tracks outstanding requests (and, for peak-ewma, latency) per endpoint.
+    """Chooses an endpoint and tracks outstanding requests (and, for least-latency, latency) per endpoint.
 
     least-outstanding: the endpoint with the fewest requests in flight from this client (ties at random).
     power-of-two: two endpoints at random, the less loaded of them.
     round-robin: in turn, blind to load (the baseline).
-    peak-ewma: two endpoints at random (every endpoint when there are at most two), the one with the lowest
-    ``ewma_latency x (outstanding + 1)`` (Finagle/Linkerd's peak-EWMA). The latency estimate jumps up to a
-    slower observation at once and decays toward faster ones with time constant ``decay_s``, so a slow or
-    overloaded replica is avoided immediately and tried again as its estimate ages. An endpoint without
-    observations costs the mean of the others (zero when none has any), so a new replica gets traffic.
+    least-latency: two endpoints at random (every endpoint when there are at most two), the one with the
+    lowest predicted latency of one more request, ``estimate x (outstanding + 1)`` (the cost of Finagle's and
+    Linkerd's peak-EWMA balancer). ``estimate`` is an EWMA, time constant ``decay_s``, of the time one
+    request occupies the endpoint: each observed latency divided by the requests that were in flight there
+    when it was sent (``depth``, itself included). Finagle uses the raw latency, which already contains the
+    queueing that ``outstanding`` counts again, and takes its peak (a slower observation replaces the
+    estimate at once); with that double count and a few latency spikes a fast replica soon looks as slow as
+    a slow one (see docs/benchmarks.md). ``peak`` and ``per_request`` switch those two back on, for
+    benchmarks. An endpoint without observations costs the mean of the others (zero when none has any), so
+    a new replica gets traffic.
 
-    Callers pass the observed latency to :meth:`release`; ``now`` is injectable for tests."""
+    Callers pass the observed latency and depth to :meth:`release`; ``now`` is injectable for tests."""
 
     def __init__(
         self,
         strategy: str = "least-outstanding",
         rng: random.Random | None = None,
-        decay_s: float = 10.0,
+        decay_s: float = 2.0,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"load balancing {strategy!r} is not one of {STRATEGIES}")
         self.strategy = strategy
         self.rng = rng or random.Random()
         self.decay_s = decay_s
+        self.peak = False  # True: Finagle's peak (jump up to a slower observation at once)
+        self.per_request = True  # False: Finagle's raw latency instead of latency / depth
         self.outstanding: dict[str, int] = {}
-        self.ewma_s: dict[str, float] = {}  # endpoint -> latency estimate (peak-ewma)
+        self.ewma_s: dict[str, float] = {}  # endpoint -> per-request time estimate (least-latency)
         self._stamp: dict[str, float] = {}  # endpoint -> time of its last observation
         self._rr = 0
 
@@ -88,7 +95,7 @@ class Balancer:
         return list(self.outstanding)
 
     def cost(self, endpoint: str) -> float:
-        """peak-ewma's load estimate of ``endpoint``: latency estimate x (requests in flight + 1)."""
+        """least-latency: the predicted latency of one more request, estimate x (outstanding + 1)."""
         est = self.ewma_s.get(endpoint)
         if est is None:
             known = list(self.ewma_s.values())
@@ -105,7 +112,7 @@ class Balancer:
         if self.strategy == "power-of-two":
             pair = self.rng.sample(eps, 2) if len(eps) >= 2 else eps
             return min(pair, key=lambda e: self.outstanding[e])
-        if self.strategy == "peak-ewma":
+        if self.strategy == "least-latency":
             pair = self.rng.sample(eps, 2) if len(eps) > 2 else eps
             costs = {e: self.cost(e) for e in pair}
             low_cost = min(costs.values())
@@ -119,22 +126,27 @@ class Balancer:
         return e
 
     def observe(self, endpoint: str, latency_s: float, now: float) -> None:
-        """Fold one observed latency into ``endpoint``'s peak-EWMA estimate."""
+        """Fold one observed per-request time into ``endpoint``'s estimate."""
         if endpoint not in self.outstanding:
             return
         prev = self.ewma_s.get(endpoint)
-        if prev is None or latency_s > prev:
-            self.ewma_s[endpoint] = latency_s  # the peak: jump up at once
+        if prev is None or (self.peak and latency_s > prev):
+            self.ewma_s[endpoint] = latency_s
         else:
             w = math.exp(-max(0.0, now - self._stamp.get(endpoint, now)) / self.decay_s)
             self.ewma_s[endpoint] = prev * w + latency_s * (1 - w)
         self._stamp[endpoint] = now
 
-    def release(self, endpoint: str, latency_s: float | None = None, now: float | None = None) -> None:
+    def release(
+        self, endpoint: str, latency_s: float | None = None, now: float | None = None, depth: int = 1
+    ) -> None:
+        """One request to ``endpoint`` finished after ``latency_s``; ``depth``: the requests in flight there
+        when it was sent, itself included (``outstanding[endpoint]`` right after :meth:`acquire`)."""
         if endpoint in self.outstanding:
             self.outstanding[endpoint] = max(0, self.outstanding[endpoint] - 1)
             if latency_s is not None:
-                self.observe(endpoint, latency_s, time.monotonic() if now is None else now)
+                now = time.monotonic() if now is None else now
+                self.observe(endpoint, latency_s / max(1, depth) if self.per_request else latency_s, now)
 
 
 # ---- admission control -------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 ``ModelClient.infer`` takes ONE sample (arrays without the batch axis) and returns that sample's outputs.
 Concurrent calls are grouped into one Triton request by :class:`~agentscale_worker.policies.BatchPolicy`
 (max size, max wait); a batch goes to the endpoint the :class:`~agentscale_worker.policies.Balancer`
-picks (least-outstanding, power-of-two, round-robin, or peak-ewma, which also learns each endpoint's
+picks (least-outstanding, power-of-two, round-robin, or least-latency, which also learns each endpoint's
 latency). Endpoints come from DNS of the model's headless Service (every pod IP), re-resolved periodically,
 or from a fixed ``host:port,host:port`` list (tests, benchmarks)."""
 
@@ -170,17 +170,18 @@ class ModelClient:
             t.set_data_from_numpy(arr)
             tensors.append(t)
         endpoint = self.balancer.acquire()
+        depth = self.balancer.outstanding.get(endpoint, 1)
         gauge = metrics.TRITON_OUTSTANDING.labels(*self.labels, endpoint)
         gauge.inc()
         t0 = time.monotonic()
-        # the latency the balancer learns from (peak-ewma); a failure counts as at least FAILURE_PENALTY_S so
-        # a replica that fails fast does not attract traffic
+        # the latency the balancer learns from (least-latency); a failure counts as FAILURE_PENALTY_S at
+        # least, so a replica that fails fast does not attract traffic
         observed = FAILURE_PENALTY_S
         try:
             result = await self._clients[endpoint].infer(self.model, tensors, client_timeout=self.timeout_s)
             observed = time.monotonic() - t0
         finally:
-            self.balancer.release(endpoint, max(observed, time.monotonic() - t0))
+            self.balancer.release(endpoint, max(observed, time.monotonic() - t0), depth=depth)
             gauge.dec()
         metrics.TRITON_LATENCY.labels(*self.labels, self.model).observe(observed)
         n = len(next(iter(batch.values())))

@@ -119,8 +119,8 @@ def test_least_outstanding_shifts_load_off_a_slow_endpoint() -> None:
         assert share <= expect_slow_share + 0.01, (strategy, share)
 
 
-def test_peak_ewma_cost_is_latency_times_outstanding_plus_one() -> None:
-    b = Balancer("peak-ewma", random.Random(0), decay_s=10.0)
+def test_least_latency_cost_is_estimate_times_outstanding_plus_one() -> None:
+    b = Balancer("least-latency", random.Random(0), decay_s=10.0)
     b.set_endpoints(["fast", "slow"])
     assert b.cost("fast") == 0.0  # nothing observed anywhere yet
     b.observe("fast", 0.010, now=0.0)
@@ -133,39 +133,42 @@ def test_peak_ewma_cost_is_latency_times_outstanding_plus_one() -> None:
     assert b.choose() == "slow"
 
 
-def test_peak_ewma_jumps_up_and_decays_down() -> None:
-    b = Balancer("peak-ewma", decay_s=10.0)
+def test_least_latency_estimate_is_a_time_decayed_ewma_of_per_request_time() -> None:
+    b = Balancer("least-latency", decay_s=10.0)
     b.set_endpoints(["a"])
     b.observe("a", 0.010, now=0.0)
-    b.observe("a", 0.100, now=1.0)
-    assert b.ewma_s["a"] == pytest.approx(0.100)  # peak: at once
-    b.observe("a", 0.010, now=11.0)  # one time constant later: e^-1 of the old value remains
-    assert b.ewma_s["a"] == pytest.approx(0.100 * math.exp(-1) + 0.010 * (1 - math.exp(-1)))
-    b.release("a", 0.001, now=11.0)  # release feeds observe; no time passed: the estimate stays
-    assert b.ewma_s["a"] == pytest.approx(0.100 * math.exp(-1) + 0.010 * (1 - math.exp(-1)))
+    b.observe("a", 0.110, now=10.0)  # one time constant later: e^-1 of the old value remains
+    expect = 0.010 * math.exp(-1) + 0.110 * (1 - math.exp(-1))
+    assert b.ewma_s["a"] == pytest.approx(expect)
+    b.outstanding["a"] = 1
+    b.release("a", 0.300, now=10.0, depth=3)  # sent behind two others: 0.100 per request; no time passed
+    assert b.ewma_s["a"] == pytest.approx(expect) and b.outstanding["a"] == 0
+    b.peak = True  # Finagle's variant: a slower observation replaces the estimate at once
+    b.observe("a", 0.500, now=10.0)
+    assert b.ewma_s["a"] == pytest.approx(0.500)
     b.set_endpoints(["b"])  # a replica that left forgets its estimate
     assert b.ewma_s == {} and b.outstanding == {"b": 0}
 
 
-def test_peak_ewma_sends_little_to_a_slow_endpoint_at_light_load() -> None:
+def test_least_latency_sends_little_to_a_slow_endpoint_at_light_load() -> None:
     """Simulated open loop: one request every 2 ticks; 'slow' takes 4 ticks, 'fast' 1. Least-outstanding
-    splits idle-time ties evenly, so half the requests wait 4 ticks; peak-ewma learns and avoids 'slow'."""
+    splits idle-time ties evenly, so half the requests wait 4 ticks; least-latency learns to avoid 'slow'."""
     shares = {}
-    for strategy in ("least-outstanding", "peak-ewma"):
+    for strategy in ("least-outstanding", "least-latency"):
         b = Balancer(strategy, random.Random(0), decay_s=50.0)
         b.set_endpoints(["fast", "slow"])
-        busy: list[tuple[int, int, str]] = []
+        busy: list[tuple[int, int, str, int]] = []
         sent: Counter[str] = Counter()
         for tick in range(0, 4000, 2):
-            for done, start, e in [x for x in busy if x[0] <= tick]:
-                busy.remove((done, start, e))
-                b.release(e, float(done - start), now=float(tick))
+            for done, start, e, depth in [x for x in busy if x[0] <= tick]:
+                busy.remove((done, start, e, depth))
+                b.release(e, float(done - start), now=float(tick), depth=depth)
             e = b.acquire()
             sent[e] += 1
-            busy.append((tick + (4 if e == "slow" else 1), tick, e))
+            busy.append((tick + (4 if e == "slow" else 1), tick, e, b.outstanding[e]))
         shares[strategy] = sent["slow"] / sum(sent.values())
     assert shares["least-outstanding"] > 0.3
-    assert shares["peak-ewma"] < 0.05, shares
+    assert shares["least-latency"] < 0.05, shares
 
 
 def test_admission_follows_littles_law() -> None:
