@@ -1,7 +1,8 @@
-# ruff: noqa: E501 - long prose strings and result tables
 """Measure latency versus batch size of every example model on the real tritonserver (CPU), fit
 ``service_ms = base_ms + per_sample_ms * batch`` per model, and write results/profile.json: the profile the
 SIMULATED model server (agentscale_worker/sim.py) follows."""
+
+# ruff: noqa: E501 - long prose strings and result tables
 
 from __future__ import annotations
 

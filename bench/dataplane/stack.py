@@ -59,6 +59,19 @@ def wait_http(url: str, timeout_s: float = 30) -> None:
     raise TimeoutError(url)
 
 
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
+    import socket
+
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before opening port {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"port {port} not open in {timeout_s}s")
+
+
 class Stack:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
