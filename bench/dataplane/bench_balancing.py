@@ -11,8 +11,7 @@ Two setups:
   pinned to 1 thread); the slow one runs each forward pass 3 times (AGENTSCALE_MODEL_REPEAT=3: real
   compute). All share the 2 cores with the client, so the slow replica also slows the fast one a little.
 
-``peak-ewma`` is least-latency with Finagle's peak-EWMA estimate (raw latency, peak), run for comparison;
-it is not a value of AGENTSCALE_LOAD_BALANCING.
+``peak-ewma`` is least-latency's cost with Finagle's peak-EWMA estimate (raw latency, peak).
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ from agentscale_worker.triton import ModelClient
 from .openloop import open_loop
 from .stack import ROOT, save, triton_config, wait_port
 
-# "peak-ewma": least-latency with Finagle's estimate (Balancer.peak = True, per_request = False)
 STRATEGIES = ("round-robin", "least-outstanding", "power-of-two", "peak-ewma", "least-latency")
 DURATION_S = 10
 SLOW = 3  # the slow replica is 3x slower
@@ -45,12 +43,7 @@ BLAS_1 = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS"
 
 
 async def measure(endpoints: list[str], strategy: str, rate: float, seed: int) -> dict[str, Any]:
-    finagle = strategy == "peak-ewma"
-    client = ModelClient(
-        "encoder-large", ",".join(endpoints), strategy="least-latency" if finagle else strategy, timeout_s=30
-    )
-    client.balancer.peak = finagle
-    client.balancer.per_request = not finagle
+    client = ModelClient("encoder-large", ",".join(endpoints), strategy=strategy, timeout_s=30)
     await client.start()
     x = {"QUERY_TOKENS": np.arange(16, dtype=np.int32)[None]}
     sent: dict[str, int] = {}

@@ -178,7 +178,7 @@ def section() -> str:
             "",
             "`peak-ewma` is Finagle's/Linkerd's balancer: the same cost, but the estimate is the peak-EWMA of the",
             "raw latency, which already includes the queueing that `outstanding + 1` counts again, and jumps to",
-            "every spike; it is a benchmark variant, not a setting. Least-outstanding is blind to speed: at light",
+            "every spike. Least-outstanding is blind to speed: at light",
             "load both replicas are idle, ties split evenly, and the requests sent to the slow replica set p95.",
             "least-latency sends to the fast replica until its predicted latency exceeds the slow one's.",
             "",

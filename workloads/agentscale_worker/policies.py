@@ -44,7 +44,7 @@ class BatchPolicy:
 
 # ---- load balancing ----------------------------------------------------------------------------------
 
-STRATEGIES = ("least-outstanding", "power-of-two", "round-robin", "least-latency")
+STRATEGIES = ("least-outstanding", "power-of-two", "round-robin", "least-latency", "peak-ewma")
 
 
 class Balancer:
@@ -60,9 +60,9 @@ class Balancer:
     when it was sent (``depth``, itself included). Finagle uses the raw latency, which already contains the
     queueing that ``outstanding`` counts again, and takes its peak (a slower observation replaces the
     estimate at once); with that double count and a few latency spikes a fast replica soon looks as slow as
-    a slow one (see docs/benchmarks.md). ``peak`` and ``per_request`` switch those two back on, for
-    benchmarks. An endpoint without observations costs the mean of the others (zero when none has any), so
-    a new replica gets traffic.
+    a slow one (see docs/benchmarks.md). peak-ewma: least-latency with Finagle's estimate (``peak`` on,
+    ``per_request`` off). An endpoint without observations costs the mean of the others (zero when none has
+    any), so a new replica gets traffic.
 
     Callers pass the observed latency and depth to :meth:`release`; ``now`` is injectable for tests."""
 
@@ -77,8 +77,9 @@ class Balancer:
         self.strategy = strategy
         self.rng = rng or random.Random()
         self.decay_s = decay_s
-        self.peak = False  # True: Finagle's peak (jump up to a slower observation at once)
-        self.per_request = True  # False: Finagle's raw latency instead of latency / depth
+        finagle = strategy == "peak-ewma"
+        self.peak = finagle  # jump up to a slower observation at once
+        self.per_request = not finagle  # False: the raw latency instead of latency / depth
         self.outstanding: dict[str, int] = {}
         self.ewma_s: dict[str, float] = {}  # endpoint -> per-request time estimate (least-latency)
         self._stamp: dict[str, float] = {}  # endpoint -> time of its last observation
@@ -112,7 +113,7 @@ class Balancer:
         if self.strategy == "power-of-two":
             pair = self.rng.sample(eps, 2) if len(eps) >= 2 else eps
             return min(pair, key=lambda e: self.outstanding[e])
-        if self.strategy == "least-latency":
+        if self.strategy in ("least-latency", "peak-ewma"):
             pair = self.rng.sample(eps, 2) if len(eps) > 2 else eps
             costs = {e: self.cost(e) for e in pair}
             low_cost = min(costs.values())

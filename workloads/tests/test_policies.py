@@ -143,11 +143,20 @@ def test_least_latency_estimate_is_a_time_decayed_ewma_of_per_request_time() -> 
     b.outstanding["a"] = 1
     b.release("a", 0.300, now=10.0, depth=3)  # sent behind two others: 0.100 per request; no time passed
     assert b.ewma_s["a"] == pytest.approx(expect) and b.outstanding["a"] == 0
-    b.peak = True  # Finagle's variant: a slower observation replaces the estimate at once
-    b.observe("a", 0.500, now=10.0)
-    assert b.ewma_s["a"] == pytest.approx(0.500)
     b.set_endpoints(["b"])  # a replica that left forgets its estimate
     assert b.ewma_s == {} and b.outstanding == {"b": 0}
+
+
+def test_peak_ewma_is_finagles_estimate() -> None:
+    b = Balancer("peak-ewma", decay_s=10.0)
+    assert b.peak and not b.per_request
+    b.set_endpoints(["a"])
+    b.observe("a", 0.010, now=0.0)
+    b.outstanding["a"] = 1
+    b.release("a", 0.300, now=0.0, depth=3)  # raw latency, and a slower one replaces the estimate at once
+    assert b.ewma_s["a"] == pytest.approx(0.300)
+    b.observe("a", 0.010, now=10.0)  # and decays like the EWMA
+    assert b.ewma_s["a"] == pytest.approx(0.300 * math.exp(-1) + 0.010 * (1 - math.exp(-1)))
 
 
 def test_least_latency_sends_little_to_a_slow_endpoint_at_light_load() -> None:
