@@ -10,7 +10,7 @@ from typing import Any
 import kopf
 
 from agentscale.api import models as m
-from agentscale.kube import ApiError, KubeClient
+from agentscale.kube import KubeClient
 from agentscale.reconcile import ExistingChild
 from agentscale.render import labels as L
 from agentscale.runtime import Operator
@@ -100,48 +100,29 @@ def pods_idx(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: An
 # ---------------------------------------------------------------------------------------------- reconcile
 
 
-@kopf.on.resume(*WORKFLOWS)
-@kopf.on.create(*WORKFLOWS)
-@kopf.on.update(*WORKFLOWS, field="spec")
-async def reconcile(
-    body: kopf.Body,
-    spec: kopf.Spec,
-    meta: kopf.Meta,
-    namespace: str,
-    name: str,
-    memo: kopf.Memo,
-    **kwargs: Any,
-) -> None:
+@kopf.on.event(*WORKFLOWS)
+def workflow_event(type: str, namespace: str, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Every event of a workflow: create, update, resume after a restart, delete.
+
+    Reconciles are level-triggered on metadata.generation and run on the operator's own work queue (with
+    retries and backoff), so the many status-only events cost a dictionary lookup and nothing is written
+    to the workflow but its status.
+    """
     op: Operator = memo.op
     op.bind(kwargs)
-    try:
-        await op.reconcile((namespace, name), spec, meta.get("generation") or 0, meta.uid or "")
-    except ApiError as exc:
-        raise kopf.TemporaryError(str(exc), delay=5) from exc
-
-
-@kopf.on.event(*WORKFLOWS)
-def workflow_gone(type: str, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED":
-        memo.op.forget((namespace, name))
+        op.forget((namespace, name))
+    else:
+        op.schedule((namespace, name))
 
 
-async def _child_event(
-    type: str, namespace: str, labels: Mapping[str, str], memo: kopf.Memo, **kw: Any
-) -> None:
+def _child_event(type: str, namespace: str, labels: Mapping[str, str], memo: kopf.Memo, **kw: Any) -> None:
     op: Operator = memo.op
     op.bind(kw)
     key = (namespace, labels.get(L.WORKFLOW_LABEL, ""))
     if type == "DELETED":
-        record = op.workflow_record(key)
-        st = op.state.get(key)
-        if record and not record["deleting"] and st is not None and st.workflow is not None:
-            # Someone deleted a child we still want: put it back (level-triggered, not event-chained).
-            try:
-                await op.reconcile(key, record["spec"], record["generation"], record["uid"])
-            except ApiError as exc:
-                raise kopf.TemporaryError(str(exc), delay=5) from exc
-            return
+        # Someone may have deleted a child we still want: reconcile puts it back (or finds nothing to do).
+        op.schedule(key, force=True)
     op.request_refresh(key)
 
 

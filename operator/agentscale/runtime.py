@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,16 +54,29 @@ def _first(store: Any) -> Any:
 class Operator:
     """One per process; kept in kopf's memo."""
 
-    def __init__(self, client: KubeClient, debounce: float = 0.2, status_concurrency: int = 16) -> None:
+    def __init__(
+        self,
+        client: KubeClient,
+        debounce: float = 0.2,
+        status_concurrency: int = 16,
+        reconcile_workers: int = 16,
+    ) -> None:
         self.client = client
         self.debounce = debounce
         self.status_concurrency = status_concurrency
+        self.reconcile_workers = reconcile_workers
         self.state: dict[Key, WorkflowState] = {}
         self.written: dict[Key, dict[str, Any]] = {}
         self.indexes: dict[str, Any] = {}
+        self.done_generation: dict[Key, int] = {}  # the generation last reconciled to completion
+        self.failures: dict[Key, int] = {}
         self._dirty: set[Key] = set()
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._queued: set[Key] = set()
+        self._running: set[Key] = set()
+        self._again: set[Key] = set()
+        self._tasks: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------------ indexes (kopf gives them to handlers)
 
@@ -143,6 +157,51 @@ class Operator:
         await self.refresh(key)
         return outcome
 
+    # ------------------------------------------------------------------ the work queue
+
+    def schedule(self, key: Key, force: bool = False) -> None:
+        """Ask for a reconcile of one workflow. Level-triggered and de-duplicated: a workflow whose
+        generation was already reconciled is skipped (unless forced), one queued twice runs once, and one
+        that changes while it is being reconciled runs again right after."""
+        record = self.workflow_record(key)
+        if record is None or record["deleting"]:
+            return
+        if not force and self.done_generation.get(key) == record["generation"]:
+            return
+        if key in self._running:
+            self._again.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+
+    def _retry_later(self, key: Key) -> None:
+        n = self.failures[key] = self.failures.get(key, 0) + 1
+        delay = min(60.0, 0.5 * 2 ** min(n, 7)) * (0.5 + random.random())
+        asyncio.get_running_loop().call_later(delay, self.schedule, key, True)
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._queued.discard(key)
+            record = self.workflow_record(key)
+            if record is None or record["deleting"]:
+                continue
+            self._running.add(key)
+            try:
+                await self.reconcile(key, record["spec"], record["generation"], record["uid"])
+                self.done_generation[key] = record["generation"]
+                self.failures.pop(key, None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # transient API trouble or a bug: retry with backoff, never die
+                log.warning("reconcile of %s/%s failed (will retry): %s", key[0], key[1], exc)
+                self._retry_later(key)
+            finally:
+                self._running.discard(key)
+            if key in self._again:
+                self._again.discard(key)
+                self.schedule(key, force=True)
+
     # ------------------------------------------------------------------ status
 
     def request_refresh(self, key: Key) -> None:
@@ -184,6 +243,8 @@ class Operator:
     def forget(self, key: Key) -> None:
         self.state.pop(key, None)
         self.written.pop(key, None)
+        self.done_generation.pop(key, None)
+        self.failures.pop(key, None)
         self._dirty.discard(key)
 
     async def run(self) -> None:
@@ -206,13 +267,16 @@ class Operator:
             await asyncio.gather(*(one(k) for k in batch))
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self.run(), name="agentscale-status")
+        if not self._tasks:
+            self._tasks.append(asyncio.create_task(self.run(), name="agentscale-status"))
+            for i in range(self.reconcile_workers):
+                self._tasks.append(asyncio.create_task(self._worker(), name=f"agentscale-reconcile-{i}"))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._tasks.clear()
         await self.client.close()
