@@ -8,13 +8,16 @@ only in the ``dynamic_batching`` block. Modes:
   every run is its own gRPC request and only Triton batches.
 - ``on+client``: as ``on``, plus the worker's client-side micro-batching (16 samples, 2 ms).
 
-For each mode, Locust sweeps the number of users; the comparison is the highest throughput whose p95 stays
-under a fixed bound (several bounds are reported). Also: the same Triton driven directly (no gateway) by 16
-concurrent clients sending single samples."""
+All three stacks run side by side (idle ones cost no CPU) and every load level is run against each mode
+in turn, so background load on this shared machine hits the modes alike. For each mode, Locust sweeps the
+users; the comparison is the highest throughput whose p95 stays under a fixed bound (several bounds are
+reported). Also: the same Triton driven directly (no gateway) by 1 and 16 concurrent clients sending single
+samples."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import os
 import subprocess
@@ -82,37 +85,54 @@ def triton_direct(url: str, concurrency: int) -> dict[str, float]:
     return asyncio.run(go())
 
 
-def run_mode(name: str) -> dict[str, Any]:
+def start_mode(name: str, stack_cm: contextlib.ExitStack) -> dict[str, Any]:
+    """Start one mode's redis, tritonserver, gateway and worker; they stay up until ``stack_cm`` closes."""
     batching, size, wait_ms = MODES[name]
     os.environ.update(BLAS_1)  # tritonserver (and its Python-backend stub) inherit this
-    with services([MODEL], batching=batching) as (redis, triton, stack):
-        env = stack.env(GRAPH, redis, f"bench-batching-{name.replace('+', '-')}")
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "workloads"), str(ROOT)])
-        url = stack.gateway(env)
-        wenv = dict(
-            env,
-            AGENTSCALE_STEP="encode",
-            AGENTSCALE_MODEL=MODEL,
-            AGENTSCALE_TRITON_HOST=triton.grpc_url,
-            AGENTSCALE_CONCURRENCY="128",
-            AGENTSCALE_BATCH_MAX_SIZE=str(size),
-            AGENTSCALE_BATCH_MAX_WAIT_MS=str(wait_ms),
-        )
-        stack.spawn(["step", "--handler", HANDLER], wenv, "encode")
-        direct = {c: triton_direct(triton.grpc_url, c) for c in (1, 16)}
-        print(f"{name} triton direct: {direct}", flush=True)
-        locust(url, 4, stack.workdir)  # warm-up
-        points = []
-        for users in USERS:
-            p = locust(url, users, stack.workdir)
-            print(f"{name} users={users}: {p}", flush=True)
-            points.append(p)
-        return {
-            "points": points,
-            "direct": direct,
-            "triton_batching": batching,
-            "worker_batch": [size, wait_ms],
+    redis, triton, stack = stack_cm.enter_context(services([MODEL], batching=batching))
+    env = stack.env(GRAPH, redis, f"bench-batching-{name.replace('+', '-')}")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "workloads"), str(ROOT)])
+    url = stack.gateway(env)
+    wenv = dict(
+        env,
+        AGENTSCALE_STEP="encode",
+        AGENTSCALE_MODEL=MODEL,
+        AGENTSCALE_TRITON_HOST=triton.grpc_url,
+        AGENTSCALE_CONCURRENCY="128",
+        AGENTSCALE_BATCH_MAX_SIZE=str(size),
+        AGENTSCALE_BATCH_MAX_WAIT_MS=str(wait_ms),
+    )
+    stack.spawn(["step", "--handler", HANDLER], wenv, "encode")
+    return {"url": url, "grpc": triton.grpc_url, "workdir": stack.workdir, "batching": batching,
+            "worker_batch": [size, wait_ms]}  # fmt: skip
+
+
+def run_modes() -> dict[str, dict[str, Any]]:
+    """All modes up at once (idle ones cost no CPU); each load level runs against every mode in turn, so a
+    change in background load (this machine is shared) hits every mode alike instead of one of them."""
+    with contextlib.ExitStack() as cm:
+        up = {name: start_mode(name, cm) for name in MODES}
+        out: dict[str, dict[str, Any]] = {
+            name: {
+                "points": [],
+                "direct": {},
+                "triton_batching": u["batching"],
+                "worker_batch": u["worker_batch"],
+            }
+            for name, u in up.items()
         }
+        for c in (1, 16):
+            for name, u in up.items():
+                out[name]["direct"][c] = triton_direct(u["grpc"], c)
+                print(f"{name} triton direct c={c}: {out[name]['direct'][c]}", flush=True)
+        for u in up.values():
+            locust(u["url"], 4, u["workdir"])  # warm-up
+        for users in USERS:
+            for name, u in up.items():
+                p = locust(u["url"], users, u["workdir"])
+                print(f"{name} users={users}: {p}", flush=True)
+                out[name]["points"].append(p)
+        return out
 
 
 def best_under(points: list[dict[str, float]], p95_ms: float) -> float:
@@ -121,7 +141,7 @@ def best_under(points: list[dict[str, float]], p95_ms: float) -> float:
 
 
 def main() -> dict[str, Any]:
-    modes = {name: run_mode(name) for name in MODES}
+    modes = run_modes()
     ratios = {
         name: {
             str(b): best_under(modes[name]["points"], b) / max(1e-9, best_under(modes["off"]["points"], b))
