@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -23,6 +23,19 @@ OWNED: dict[str, Any] = {
 WORKFLOWS = (m.GROUP, m.VERSION, m.PLURAL)
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """A diff-base storage for an operator without on.create/update/delete handlers: stores nothing."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return cast(kopf.BodyEssence, {})
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 def _login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
     info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
     if info is None:
@@ -35,9 +48,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     prefix = "agentscale.io"
     settings.persistence.finalizer = f"{prefix}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=prefix, key="last-handled-configuration"
-    )
+    # No handler here diffs old against new (reconciles are level-triggered on generation), so skip
+    # kopf's per-event deep copy of every body: it was the largest CPU cost at scale.
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.WARNING  # log lines are not Events; we post Events ourselves
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -57,7 +70,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.index(*WORKFLOWS)
-def workflows_idx(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def workflows_idx(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return {
         (namespace, name): {
             "spec": dict(body.get("spec") or {}),
@@ -70,12 +83,14 @@ def workflows_idx(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[
 
 
 @kopf.index("apps", "v1", "deployments", labels=OWNED)
-def deployments_idx(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def deployments_idx(
+    namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
     return {(namespace, labels[L.WORKFLOW_LABEL]): summarize_deployment(body)}
 
 
 def _child(kind: str) -> Any:
-    def index(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    async def index(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
         digest = (body.metadata.annotations or {}).get(L.HASH_ANNOTATION, "")
         return {(namespace, labels[L.WORKFLOW_LABEL]): ExistingChild(kind, body.metadata.name or "", digest)}
 
@@ -92,7 +107,7 @@ kopf.index("policy", "v1", "poddisruptionbudgets", labels=OWNED, id="pdbs_idx")(
 
 
 @kopf.index("", "v1", "pods", labels=OWNED)
-def pods_idx(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def pods_idx(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
     p = pending_pod(body)
     return {(namespace, labels[L.WORKFLOW_LABEL]): p} if p is not None else {}
 
@@ -101,7 +116,7 @@ def pods_idx(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: An
 
 
 @kopf.on.event(*WORKFLOWS)
-def workflow_event(type: str, namespace: str, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+async def workflow_event(type: str, namespace: str, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     """Every event of a workflow: create, update, resume after a restart, delete.
 
     Reconciles are level-triggered on metadata.generation and run on the operator's own work queue (with
@@ -116,7 +131,9 @@ def workflow_event(type: str, namespace: str, name: str, memo: kopf.Memo, **kwar
         op.schedule((namespace, name))
 
 
-def _child_event(type: str, namespace: str, labels: Mapping[str, str], memo: kopf.Memo, **kw: Any) -> None:
+async def _child_event(
+    type: str, namespace: str, labels: Mapping[str, str], memo: kopf.Memo, **kw: Any
+) -> None:
     op: Operator = memo.op
     op.bind(kw)
     key = (namespace, labels.get(L.WORKFLOW_LABEL, ""))

@@ -345,6 +345,7 @@ class LoadBalancing(StrEnum):
     least_outstanding = "least-outstanding"
     power_of_two = "power-of-two"
     peak_ewma = "peak-ewma"
+    least_latency = "least-latency"
     round_robin = "round-robin"
 
 
@@ -377,8 +378,9 @@ class Step(_Model):
     loadBalancing: LoadBalancing = Field(
         LoadBalancing.least_outstanding,
         description=(
-            "How a worker spreads calls across model replicas: least-outstanding, power-of-two (random two, "
-            "fewer in flight), peak-ewma (two choices weighted by observed latency), or round-robin."
+            "How a worker spreads calls across model replicas: least-outstanding, least-latency (latency "
+            "estimate x calls in flight; best for replicas of unequal speed), power-of-two, peak-ewma "
+            "(Finagle's variant), or round-robin."
         ),
     )
     maxDeliveries: int = Field(
