@@ -198,11 +198,15 @@ def wait_watch(
             except ValueError:
                 continue
             buf = ""
-            name = obj["metadata"]["name"]
-            if ready(obj):
-                done.add(name)
-            else:
-                done.discard(name)
+            items = obj.get("items", []) if obj.get("kind", "").endswith("List") else [obj]
+            for item in items:
+                name = (item.get("metadata") or {}).get("name")
+                if not name or "spec" not in item:
+                    continue  # a Status (e.g. an expired watch) or something else without a name
+                if ready(item):
+                    done.add(name)
+                else:
+                    done.discard(name)
             if len(done) >= count:
                 return time.monotonic()
         raise TimeoutError(f"{len(done)}/{count} {resource} ready after {timeout}s")
