@@ -54,10 +54,6 @@ READY_TIMEOUT_S = 180
 REPORT_EVERY_S = 5.0
 MAX_INFLIGHT = 2000  # the load generator's own bound; beyond it a request counts as "dropped"
 GPU_RESOURCES = ("nvidia.com/gpu", "nvidia.com/mig-1g.10gb")
-# The operator writes spec.priority as a name (AGENTSCALE_PRIORITY=high and "priority":"high" in
-# AGENTSCALE_GRAPH); agentscale_worker.config parses both with int() and exits. Until the two agree,
-# the demo passes the same order as integers (higher = more important, as policies.priority_share reads it).
-PRIORITY_LEVELS = {"batch": 0, "low": 1, "normal": 2, "high": 3, "critical": 4}
 QUERIES = [
     "wireless noise cancelling headphones",
     "running shoes for trail",
@@ -207,13 +203,6 @@ def rendered_processes(redis: RedisServer, triton: TritonServer) -> list[Proc]:
         container = d["spec"]["template"]["spec"]["containers"][0]
         replicas = int((d.get("status") or {}).get("readyReplicas") or 0)
         env = container_env(container)
-        prio = env.get("AGENTSCALE_PRIORITY", "")
-        if prio in PRIORITY_LEVELS:
-            env["AGENTSCALE_PRIORITY"] = str(PRIORITY_LEVELS[prio])
-        graph = json.loads(env["AGENTSCALE_GRAPH"])
-        if graph.get("priority") in PRIORITY_LEVELS:
-            graph["priority"] = PRIORITY_LEVELS[graph["priority"]]
-            env["AGENTSCALE_GRAPH"] = json.dumps(graph, separators=(",", ":"), sort_keys=True)
         # Addresses only: loopback Redis and Triton, and a metrics port of its own per local process.
         port = free_port()
         env["AGENTSCALE_REDIS_URL"] = redis.url
@@ -491,8 +480,7 @@ def main() -> int:
             where = gateway_url if p.name == "gateway" else f"handler {p.args[-1]}"
             say(f"{p.name:<14} {where}  metrics :{p.metrics_port}  ({p.replicas} in cluster, 1 here)")
         say("env from the operator's Deployments; replaced: AGENTSCALE_REDIS_URL, AGENTSCALE_TRITON_HOST/")
-        say("_GRPC_PORT/_HTTP_PORT (loopback), AGENTSCALE_METRICS_PORT (one port per local process),")
-        say("AGENTSCALE_PRIORITY and the graph's priority as integers (see docs/demo.md, Known issue)")
+        say("_GRPC_PORT/_HTTP_PORT (loopback), AGENTSCALE_METRICS_PORT (one port per local process)")
         body = json.dumps({"input": {"query": "wireless noise cancelling headphones"}}).encode()
         req = urllib.request.Request(
             gateway_url + "/v1/runs/sync", data=body, headers={"Content-Type": "application/json"}

@@ -56,8 +56,21 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
     settings.execution.max_workers = 4
+    # Server-side filters: only our children cross the wire, and of pods only the unscheduled ones (the
+    # only pods status looks at). A pod that gets scheduled leaves the selection as a DELETED event.
+    owned = f"app.kubernetes.io/managed-by={L.MANAGED_BY},{L.WORKFLOW_LABEL}"
+    for plural in (
+        "deployments",
+        "services",
+        "configmaps",
+        "horizontalpodautoscalers",
+        "poddisruptionbudgets",
+    ):
+        settings.watching.label_selectors[plural] = owned
+    settings.watching.label_selectors["pods"] = owned
+    settings.watching.field_selectors["pods"] = "spec.nodeName=,status.phase=Pending"
     client = KubeClient.from_connection(_login(settings), L.FIELD_MANAGER, limit=64)
-    memo.op = Operator(client, debounce=float(os.environ.get("AGENTSCALE_STATUS_DEBOUNCE", "0.2")))
+    memo.op = Operator(client, debounce=float(os.environ.get("AGENTSCALE_STATUS_DEBOUNCE", "0.5")))
     memo.op.start()
 
 
@@ -134,14 +147,28 @@ async def workflow_event(type: str, namespace: str, name: str, memo: kopf.Memo, 
 async def _child_event(
     type: str, namespace: str, labels: Mapping[str, str], memo: kopf.Memo, **kw: Any
 ) -> None:
+    """A child changed: refresh the parent's status; a child deleted may need putting back."""
     op: Operator = memo.op
     op.bind(kw)
     key = (namespace, labels.get(L.WORKFLOW_LABEL, ""))
     if type == "DELETED":
-        # Someone may have deleted a child we still want: reconcile puts it back (or finds nothing to do).
-        op.schedule(key, force=True)
+        op.schedule(key, force=True)  # finds nothing to do when the spec no longer wants it
     op.request_refresh(key)
 
 
+async def _pod_event(namespace: str, labels: Mapping[str, str], memo: kopf.Memo, **kw: Any) -> None:
+    """An unscheduled pod appeared or left that state: only status cares."""
+    op: Operator = memo.op
+    op.bind(kw)
+    op.request_refresh((namespace, labels.get(L.WORKFLOW_LABEL, "")))
+
+
 kopf.on.event("apps", "v1", "deployments", labels=OWNED, id="deployment_event")(_child_event)
-kopf.on.event("", "v1", "pods", labels=OWNED, id="pod_event")(_child_event)
+kopf.on.event("", "v1", "pods", labels=OWNED, id="pod_event")(_pod_event)
+for _group, _version, _plural in (
+    ("", "v1", "services"),
+    ("", "v1", "configmaps"),
+    ("autoscaling", "v2", "horizontalpodautoscalers"),
+    ("policy", "v1", "poddisruptionbudgets"),
+):
+    kopf.on.event(_group, _version, _plural, labels=OWNED, id=f"{_plural}_event")(_child_event)
