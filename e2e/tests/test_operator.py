@@ -153,6 +153,21 @@ def test_gpu_shortage_is_reported_with_numbers(
         if c["type"] == "PodScheduled"
     )
 
+    # Ask for what fits: the shortage clears and the workflow becomes Ready.
+    kubectl(
+        "-n",
+        namespace,
+        "patch",
+        "agentworkflow",
+        "greedy",
+        "--type=json",
+        "-p",
+        json.dumps([{"op": "replace", "path": "/spec/models/0/scaling/replicas", "value": 1}]),
+    )
+    wf = wait_condition(kubectl, wait_for, namespace, "greedy", "Ready", "True", timeout=120)
+    assert condition(wf, "GPUCapacityShort")["status"] == "False"
+    assert wf["status"]["models"]["huge"] == {"desired": 1, "ready": 1, "pending": 0}
+
 
 # --- updates
 
