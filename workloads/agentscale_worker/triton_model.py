@@ -15,7 +15,6 @@ This module only runs inside Triton's Python backend (``triton_python_backend_ut
 """
 # mypy: ignore-errors
 
-
 import json
 import os
 import site
