@@ -132,7 +132,12 @@ def test_gpu_shortage_is_reported_with_numbers(
     assert "model/huge" in msg and "8 nvidia.com/gpu each" in msg
     assert "Insufficient nvidia.com/gpu" in msg
     assert condition(wf, "Ready")["status"] == "False"
-    assert wf["status"]["models"]["huge"]["pending"] >= 3  # the pool has 16 GPUs: at most 2 pods of 8 fit
+    # The pool has 16 GPUs: at most 2 pods of 8 fit, so 3 stay Pending (status counts them as they appear).
+    wait_for(
+        lambda: get_wf(kubectl, namespace, "greedy")["status"]["models"]["huge"]["pending"] >= 3,
+        timeout=60,
+        message="status to count 3 pending pods of model huge",
+    )
 
     def warned() -> bool:
         events = kubectl.json(
@@ -388,4 +393,8 @@ def test_hpa_mode_scales_with_real_hpa(kubectl: Any, operator: Any, namespace: s
     wait_condition(kubectl, wait_for, namespace, "scaler", "Ready", "True", timeout=120)
     dep = kubectl.json("-n", namespace, "get", "deployment", "scaler-busy")
     assert dep["spec"]["replicas"] == 4
-    assert get_wf(kubectl, namespace, "scaler")["status"]["steps"]["busy"]["desired"] == 4
+    wait_for(
+        lambda: get_wf(kubectl, namespace, "scaler")["status"]["steps"]["busy"]["desired"] == 4,
+        timeout=60,
+        message="status to follow the HPA to 4 desired replicas",
+    )
