@@ -7,7 +7,6 @@ wrote; every decision is recomputed from it, so a restart converges to the same 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Iterable, Mapping
@@ -77,6 +76,7 @@ class Operator:
         self._running: set[Key] = set()
         self._again: set[Key] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
 
     # ------------------------------------------------------------------ indexes (kopf gives them to handlers)
 
@@ -180,7 +180,7 @@ class Operator:
         asyncio.get_running_loop().call_later(delay, self.schedule, key, True)
 
     async def _worker(self) -> None:
-        while True:
+        while not self._closing:
             key = await self._queue.get()
             self._queued.discard(key)
             record = self.workflow_record(key)
@@ -259,7 +259,7 @@ class Operator:
                     log.warning("status refresh of %s/%s failed: %s", key[0], key[1], exc)
                     self._dirty.add(key)
 
-        while True:
+        while not self._closing:
             await self._wake.wait()
             await asyncio.sleep(self.debounce)
             self._wake.clear()
@@ -273,10 +273,13 @@ class Operator:
                 self._tasks.append(asyncio.create_task(self._worker(), name=f"agentscale-reconcile-{i}"))
 
     async def stop(self) -> None:
+        # The loops also check ``_closing``: a cancellation swallowed by a library must not hang shutdown.
+        self._closing = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=5.0)
+            for task in pending:
+                log.warning("%s did not stop within 5s; leaving it", task.get_name())
         self._tasks.clear()
         await self.client.close()

@@ -28,6 +28,7 @@ from aiohttp import web
 from redis.exceptions import ResponseError
 
 from . import keys, metrics, scripts
+from .aio import stop_tasks
 from .config import Settings
 from .policies import RateMeter, admit, priority_share
 from .runtime import REDIS_ERRORS, ensure_group, redis_client
@@ -89,6 +90,7 @@ class Gateway:
         self._meter = RateMeter(window_s=2.0)
         self._backlog = 0
         self._bg: list[asyncio.Task[None]] = []
+        self._closing = False
         self._runners: list[web.AppRunner] = []
         self.wf = settings.workflow
 
@@ -124,11 +126,8 @@ class Gateway:
     async def stop(self) -> None:
         for runner in self._runners:
             await runner.cleanup()
-        for t in self._bg:
-            t.cancel()
-        for t in self._bg:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        self._closing = True
+        await stop_tasks(self._bg)
         await self.redis.aclose()
 
     # ---- background ---------------------------------------------------------------------------------
@@ -138,7 +137,7 @@ class Gateway:
         stream = keys.results(self.prefix)
         last = "0-0"
         failures = 0
-        while True:
+        while not self._closing:
             try:
                 if last == "0-0":
                     newest: Any = await self.redis.xrevrange(stream, count=1)
@@ -164,7 +163,7 @@ class Gateway:
 
     async def _backlog_loop(self) -> None:
         key = keys.inflight(self.prefix)
-        while True:
+        while not self._closing:
             with contextlib.suppress(*REDIS_ERRORS, ValueError):
                 self._backlog = int(await self.redis.get(key) or 0)
                 metrics.GATEWAY_BACKLOG.labels(self.wf).set(self._backlog)

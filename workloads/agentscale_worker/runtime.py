@@ -27,6 +27,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import keys, metrics, scripts
+from .aio import stop_tasks
 from .config import Settings
 from .policies import BatchPolicy, backoff_s
 from .triton import Arrays, ModelClient
@@ -138,11 +139,8 @@ class StepWorker:
 
     async def drain(self) -> None:
         self._stopping.set()
-        for t in self._bg:
-            t.cancel()
-        for t in self._bg:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        self._slot.set()
+        await stop_tasks(self._bg)
         if self._tasks:
             log.info("draining %d in-flight messages", len(self._tasks))
             _, pending = await asyncio.wait(self._tasks, timeout=self.settings.drain_timeout_s)

@@ -24,6 +24,7 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import np_to_triton_dtype
 
 from . import metrics
+from .aio import stop_tasks
 from .policies import Balancer, BatchPolicy
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class ModelClient:
         self._queue: deque[_Item] = deque()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
         self._sends: set[asyncio.Task[Any]] = set()
         self._have_endpoints = asyncio.Event()
         self.batch_sizes: deque[int] = deque(maxlen=10_000)  # recent request sizes, for tests and benches
@@ -118,7 +120,7 @@ class ModelClient:
             metrics.ERRORS.labels(*self.labels, "dns").inc()
 
     async def _discover(self) -> None:
-        while True:
+        while not self._closed:
             await asyncio.sleep(self.dns_refresh_s)
             await self._refresh()
 
@@ -129,7 +131,7 @@ class ModelClient:
         return await fut
 
     async def _batch_loop(self) -> None:
-        while True:
+        while not self._closed:
             if not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
@@ -191,11 +193,9 @@ class ModelClient:
         return {o.name: result.as_numpy(o.name) for o in response.outputs}
 
     async def close(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        self._closed = True
+        self._wake.set()
+        await stop_tasks(self._tasks)
         if self._sends:
             await asyncio.gather(*self._sends, return_exceptions=True)
         for item in self._queue:
