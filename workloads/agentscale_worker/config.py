@@ -147,6 +147,9 @@ class Settings:
     drain_timeout_s: float = 25.0  # under the pod's terminationGracePeriodSeconds (30 s default)
     dns_refresh_s: float = 5.0
     request_timeout_s: float = 30.0
+    # how long a message keeps retrying (without spending deliveries) while its model is unavailable;
+    # past it the message is dead-lettered
+    model_unavailable_budget_s: float = 300.0
     result_ttl_s: int = 3600
     stream_maxlen: int = 1_000_000
 
@@ -173,6 +176,8 @@ class Settings:
             gateway_port=int(_env(e, "AGENTSCALE_GATEWAY_PORT", "8080")),
             priority=priority_value(_env(e, "AGENTSCALE_PRIORITY", str(graph.priority))),
             claim_idle_ms=int(_env(e, "AGENTSCALE_CLAIM_IDLE_MS", "30000")),
+            request_timeout_s=float(_env(e, "AGENTSCALE_REQUEST_TIMEOUT_S", "30")),
+            model_unavailable_budget_s=float(_env(e, "AGENTSCALE_MODEL_UNAVAILABLE_BUDGET_S", "300")),
         )
         values.update(overrides)
         s = cls(**values)

@@ -30,7 +30,7 @@ from . import keys, metrics, scripts
 from .aio import stop_tasks
 from .config import Settings
 from .policies import BatchPolicy, backoff_s
-from .triton import Arrays, ModelClient
+from .triton import Arrays, ModelClient, ModelUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -109,6 +109,7 @@ class StepWorker:
         self._complete = self.redis.register_script(scripts.COMPLETE)
         self._fail = self.redis.register_script(scripts.FAIL)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight_ids: set[str] = set()  # message ids this consumer is working on (heartbeat)
         self._slot = asyncio.Event()
         self._stopping = asyncio.Event()
         self._bg: list[asyncio.Task[None]] = []
@@ -126,6 +127,7 @@ class StepWorker:
             asyncio.create_task(self._consume(), name="consume"),
             asyncio.create_task(self._reclaim_loop(), name="reclaim"),
             asyncio.create_task(self._queue_stats_loop(), name="queue-stats"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
         ]
 
     async def run(self) -> None:
@@ -190,10 +192,12 @@ class StepWorker:
     def _spawn(self, msg_id: str, fields: dict[str, str], deliveries_before: int) -> None:
         task = asyncio.create_task(self._handle(msg_id, fields, deliveries_before))
         self._tasks.add(task)
+        self._inflight_ids.add(msg_id)
         metrics.INFLIGHT.labels(*self.labels).set(len(self._tasks))
 
         def done(t: asyncio.Task[None]) -> None:
             self._tasks.discard(t)
+            self._inflight_ids.discard(msg_id)
             metrics.INFLIGHT.labels(*self.labels).set(len(self._tasks))
             self._slot.set()
 
@@ -225,6 +229,21 @@ class StepWorker:
             self._spawn(msg_id, fields, max(0, delivered - 1))
         return len(claimed)
 
+    async def _heartbeat_loop(self) -> None:
+        """Keep messages this consumer is still working on from looking dead to other consumers.
+
+        ``XAUTOCLAIM`` takes any message idle longer than ``claim_idle_ms``; a slow handler, or one waiting
+        for its model to come back, would otherwise be duplicated by a healthy peer. ``XCLAIM ... JUSTID``
+        to ourselves resets the idle time without counting a delivery."""
+        interval = max(0.05, self.settings.claim_idle_ms / 3000)
+        while not self._stopping.is_set():
+            await asyncio.sleep(interval)
+            ids: list[Any] = list(self._inflight_ids)
+            if not ids:
+                continue
+            with contextlib.suppress(*REDIS_ERRORS, ResponseError):
+                await self.redis.xclaim(self.stream, keys.GROUP, self.settings.consumer, 0, ids, justid=True)
+
     async def _queue_stats_loop(self) -> None:
         while not self._stopping.is_set():
             with contextlib.suppress(*REDIS_ERRORS, ResponseError):
@@ -243,6 +262,8 @@ class StepWorker:
         error = ""
         output: Any = None
         ok = False
+        unavailable_since = 0.0  # when the model became unavailable to this message (0: it is not)
+        unavailable_tries = 0
         try:
             payload = json.loads(fields["data"])
         except (KeyError, json.JSONDecodeError) as e:
@@ -256,6 +277,21 @@ class StepWorker:
                 break
             except asyncio.CancelledError:
                 raise
+            except ModelUnavailable as e:
+                # not the message's fault: retry without spending a delivery, within a time budget
+                now = time.monotonic()
+                unavailable_since = unavailable_since or now
+                if now - unavailable_since < self.settings.model_unavailable_budget_s:
+                    metrics.ERRORS.labels(*self.labels, "model_unavailable").inc()
+                    if unavailable_tries == 0:
+                        log.warning("run %s step %s waits for its model: %s", run_id, self.settings.step, e)
+                    unavailable_tries += 1
+                    attempt -= 1
+                    await asyncio.sleep(backoff_s(unavailable_tries, self.settings.retry_base_s, 2.0))
+                    continue
+                error = f"model unavailable for {now - unavailable_since:.0f}s, past the budget: {e}"
+                log.warning("run %s step %s: %s", run_id, self.settings.step, error)
+                break
             except Exception as e:
                 metrics.ERRORS.labels(*self.labels, type(e).__name__).inc()
                 error = f"{type(e).__name__}: {e}"

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import tritonclient.grpc.aio as grpcclient
-from tritonclient.utils import np_to_triton_dtype
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from . import metrics
 from .aio import stop_tasks
@@ -30,6 +30,12 @@ from .policies import Balancer, BatchPolicy
 log = logging.getLogger(__name__)
 Arrays = dict[str, npt.NDArray[Any]]
 FAILURE_PENALTY_S = 1.0
+
+
+class ModelUnavailable(Exception):
+    """No replica could take the request: none discovered yet, or the server answered UNAVAILABLE (down,
+    restarting, model not loaded). Not the message's fault: the step runtime retries it without spending a
+    delivery."""
 
 
 def parse_static(host: str, default_port: int) -> list[str] | None:
@@ -164,7 +170,12 @@ class ModelClient:
     async def infer_batch(self, batch: Arrays) -> Arrays:
         """Send one already-batched request (axis 0) to the chosen endpoint."""
         if not self._have_endpoints.is_set():
-            await asyncio.wait_for(self._have_endpoints.wait(), self.timeout_s)
+            try:
+                await asyncio.wait_for(self._have_endpoints.wait(), self.timeout_s)
+            except TimeoutError:
+                raise ModelUnavailable(
+                    f"model {self.model}: no endpoint of {self.host!r} within {self.timeout_s:.0f}s"
+                ) from None
         tensors = []
         for name, arr in batch.items():
             arr = np.ascontiguousarray(arr)
@@ -182,6 +193,10 @@ class ModelClient:
         try:
             result = await self._clients[endpoint].infer(self.model, tensors, client_timeout=self.timeout_s)
             observed = time.monotonic() - t0
+        except InferenceServerException as e:
+            if e.status() == "StatusCode.UNAVAILABLE":
+                raise ModelUnavailable(f"model {self.model} at {endpoint}: {e.message()}") from e
+            raise
         finally:
             self.balancer.release(endpoint, max(observed, time.monotonic() - t0), depth=depth)
             gauge.dec()

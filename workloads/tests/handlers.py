@@ -8,13 +8,13 @@ from typing import Any
 from agentscale_worker.examples import recommendation
 from agentscale_worker.runtime import PermanentError, redis_client
 
-_gate_clients: dict[tuple[str, int], Any] = {}
+_gate_clients: dict[tuple[str, asyncio.AbstractEventLoop], Any] = {}  # the loop itself: ids get reused
 
 
 async def _wait_gate(ctx: Any) -> None:
     """Hold the message until the Redis key ``gate`` exists (the worker waits; the test opens the gate)."""
     url = ctx.worker.settings.redis_url
-    key = (url, id(asyncio.get_running_loop()))
+    key = (url, asyncio.get_running_loop())
     if key not in _gate_clients:
         _gate_clients[key] = redis_client(url)
     while not await _gate_clients[key].exists("gate"):  # noqa: ASYNC110 - the gate is a key in another process

@@ -12,7 +12,7 @@ async def test_stop_tasks_is_bounded_when_a_loop_swallows_its_cancellation(
 ) -> None:
     closing = released = False
 
-    async def stubborn() -> None:  # what redis-py can do to a retrying loop: the cancellation becomes an error
+    async def stubborn() -> None:  # redis-py can turn a cancellation into an error
         while not released:
             try:
                 await asyncio.sleep(0.01)

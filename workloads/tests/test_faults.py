@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
+from dataclasses import replace
 from typing import Any
 
 import pytest
-from agentscale_worker import keys
+from agentscale_worker import keys, metrics
 from agentscale_worker.config import Graph
-from agentscale_worker.examples import VALIDATORS, WORKFLOWS, graph, run_local, sample_input
-from agentscale_worker.local import RedisServer, TritonServer, wait_until
-from agentscale_worker.runtime import redis_client
+from agentscale_worker.examples import (
+    VALIDATORS,
+    WORKFLOWS,
+    LocalContext,
+    graph,
+    recommendation,
+    run_local,
+    sample_input,
+)
+from agentscale_worker.local import RedisServer, TritonServer, free_port, wait_until
+from agentscale_worker.runtime import StepWorker, load_handler, redis_client
 
 from .conftest import assert_close, base_settings, example_flow, start_flow, worker_env
 
@@ -218,3 +228,123 @@ async def test_sigterm_drains_in_flight_messages(redis_server: RedisServer) -> N
         done = [(await flow.get(f"/v1/runs/{i}"))[1]["status"] for i in ids]
         assert done.count("done") == 4 and done.count("queued") == 2  # drained 4, took no new ones
     await r.aclose()
+
+
+ONE_STEP = Graph.from_dict({"steps": {"a": {"next": []}}, "slo": {"p95LatencyMs": 5000}})
+
+
+async def test_slow_messages_are_not_stolen_by_a_healthy_peer(redis_server: RedisServer) -> None:
+    """A handler busy for many claim_idle_ms keeps its messages: its heartbeat resets their idle time."""
+    fast = dict(claim_idle_ms=300, claim_interval_s=0.05, concurrency=8)
+    async with start_flow(redis_server, "slow", {"a": f"{H}:gated_echo"}, ONE_STEP, **fast) as flow:
+        r = redis_client(redis_server.url)
+        stream = keys.step_stream(flow.gateway.prefix, "a")
+        replies = await asyncio.gather(*(flow.post("/v1/runs", {"input": {"n": i}}) for i in range(5)))
+        run_ids = [b["run_id"] for code, _, b in replies if code == 202]
+        assert len(run_ids) == 5
+
+        async def first_holds_all() -> bool:
+            return int((await r.xpending(stream, keys.GROUP))["pending"]) == 5
+
+        await wait_until(first_holds_all, 10, what="the first worker took all 5")
+        s = replace(base_settings(redis_server, "slow", ONE_STEP, **fast), step="a", consumer="peer")
+        peer = StepWorker(s, load_handler(f"{H}:gated_echo"))
+        await peer.start()
+        try:
+            await asyncio.sleep(2.0)  # about 7 claim_idle_ms windows while the first worker is still busy
+            await r.set("gate", "1")
+            await wait_until(lambda: _all_done(flow, run_ids), 30, 0.05, "all runs finished")
+        finally:
+            await peer.drain()
+        assert peer.processed == 0
+        assert flow.workers[0].processed == 5
+        for entry in await r.xpending_range(stream, keys.GROUP, "-", "+", 10):
+            raise AssertionError(f"still pending: {entry}")
+        results = await r.xrange(keys.results(flow.gateway.prefix))
+        assert sorted(f["run"] for _, f in results) == sorted(run_ids)
+        await r.aclose()
+
+
+class _Outage:
+    """A TCP port in front of Triton that refuses connections until ``restore()``: a model server outage."""
+
+    def __init__(self, target_port: int) -> None:
+        self.port = free_port()
+        self.target_port = target_port
+        self.server: asyncio.AbstractServer | None = None
+
+    async def restore(self) -> None:
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            writer.close()
+
+        async def forward(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+            await asyncio.gather(pipe(client_r, up_w), pipe(up_r, client_w))
+
+        self.server = await asyncio.start_server(forward, "127.0.0.1", self.port)
+
+    async def close(self) -> None:
+        if self.server:
+            self.server.close()
+
+
+ENCODE_ONLY = Graph.from_dict({"steps": {"encode": {"model": "query-encoder", "next": []}}})
+ENCODE = "agentscale_worker.examples.recommendation:encode"
+
+
+async def _encode_worker(redis: RedisServer, workflow: str, port: int, **kw: Any) -> StepWorker:
+    s = replace(
+        base_settings(redis, workflow, ENCODE_ONLY, **kw),
+        step="encode",
+        model="query-encoder",
+        triton_host=f"127.0.0.1:{port}",
+        consumer="encode-0",
+    )
+    w = StepWorker(s, load_handler(ENCODE))
+    await w.start()
+    return w
+
+
+@pytest.mark.triton
+async def test_model_outage_does_not_spend_deliveries(
+    redis_server: RedisServer, triton: TritonServer
+) -> None:
+    """Triton unreachable for a while: messages wait for it (maxDeliveries=1 would otherwise dead-letter them
+    on the first refusal) and all complete once it is back; past the budget, they are dead-lettered."""
+    outage = _Outage(int(triton.grpc_url.rsplit(":", 1)[1]))
+    r = redis_client(redis_server.url)
+    try:
+        async with start_flow(redis_server, "outage", {}, ENCODE_ONLY, max_deliveries=1) as flow:
+            flow.workers.append(await _encode_worker(redis_server, "outage", outage.port, max_deliveries=1))
+            inputs = [{"query": f"red running shoes {i}"} for i in range(4)]
+            replies = await asyncio.gather(*(flow.post("/v1/runs", {"input": x}) for x in inputs))
+            run_ids = [b["run_id"] for code, _, b in replies if code == 202]
+            assert len(run_ids) == 4
+
+            def refused() -> float:
+                return float(metrics.ERRORS.labels("outage", "encode", "model_unavailable")._value.get())
+
+            await wait_until(lambda: refused() >= 8, 20, what="the step saw the outage")
+            await outage.restore()
+            await wait_until(lambda: _all_done(flow, run_ids), 60, 0.05, "all runs finished")
+            for rid, x in zip(run_ids, inputs, strict=True):
+                _, state = await flow.get(f"/v1/runs/{rid}")
+                assert state["status"] == "done", state
+                want = await recommendation.encode(LocalContext("query-encoder"), x)
+                assert_close(state["output"], {"encode": want})
+            assert await r.xlen(keys.dead_letter(flow.gateway.prefix, "encode")) == 0
+        # the budget bounds the wait: a model that never comes back dead-letters the message, saying why
+        kw: dict[str, Any] = dict(max_deliveries=1, model_unavailable_budget_s=1.0)
+        async with start_flow(redis_server, "gone", {}, ENCODE_ONLY, **kw) as flow:
+            flow.workers.append(await _encode_worker(redis_server, "gone", free_port(), **kw))
+            code, _, body = await flow.post("/v1/runs/sync", {"input": inputs[0], "timeout_ms": 20_000})
+            assert code == 500 and body["status"] == "failed", body
+            assert "model unavailable" in body["error"] and "past the budget" in body["error"], body
+            assert await r.xlen(keys.dead_letter(flow.gateway.prefix, "encode")) == 1
+    finally:
+        await outage.close()
+        await r.aclose()
