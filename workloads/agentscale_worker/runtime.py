@@ -109,7 +109,8 @@ class StepWorker:
         self._complete = self.redis.register_script(scripts.COMPLETE)
         self._fail = self.redis.register_script(scripts.FAIL)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._inflight_ids: set[str] = set()  # message ids this consumer is working on (heartbeat)
+        self._inflight_ids: set[str] = set()
+        self._abandoned = False  # message ids this consumer is working on (heartbeat)
         self._slot = asyncio.Event()
         self._stopping = asyncio.Event()
         self._bg: list[asyncio.Task[None]] = []
@@ -146,6 +147,7 @@ class StepWorker:
         if self._tasks:
             log.info("draining %d in-flight messages", len(self._tasks))
             _, pending = await asyncio.wait(self._tasks, timeout=self.settings.drain_timeout_s)
+            self._abandoned = True  # a retry loop that swallowed its cancellation gives up (see _redis_retry)
             for t in pending:  # left pending in Redis: another worker reclaims them
                 t.cancel()
         if self.model:
@@ -330,6 +332,8 @@ class StepWorker:
             try:
                 return await op()
             except REDIS_ERRORS as e:
+                if self._abandoned:  # drained past its deadline: the message stays pending for a peer
+                    raise asyncio.CancelledError from e
                 attempt += 1
                 metrics.ERRORS.labels(*self.labels, "redis").inc()
                 log.warning("redis unavailable (%s); retry %d", e, attempt)
