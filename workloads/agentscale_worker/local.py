@@ -203,7 +203,10 @@ async def wait_until(predicate: object, timeout_s: float, interval_s: float = 0.
     while True:
         value = predicate()  # type: ignore[operator]
         if asyncio.iscoroutine(value):
-            value = await value
+            try:  # a predicate that hangs must not outlive the deadline
+                value = await asyncio.wait_for(value, max(0.5, end - time.monotonic()))
+            except TimeoutError:
+                raise TimeoutError(f"condition check hung past {timeout_s}s: {what}") from None
         if value:
             return
         if time.monotonic() > end:

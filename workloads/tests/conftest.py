@@ -116,7 +116,7 @@ async def start_flow(
             w = StepWorker(s, load_handler(spec))
             await w.start()
             flow.workers.append(w)
-        flow.session = aiohttp.ClientSession()
+        flow.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
         yield flow
     finally:
         if flow.session:
