@@ -30,7 +30,7 @@ from redis.exceptions import ResponseError
 from . import keys, metrics, scripts
 from .aio import stop_tasks
 from .config import Settings
-from .policies import RateMeter, admit, priority_share
+from .policies import LANES, RateMeter, admit, lane_of, priority_share
 from .runtime import REDIS_ERRORS, ensure_group, redis_client
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,9 @@ class Gateway:
         self.validator = validator
         self.min_backlog = min_backlog
         self.prefix = keys.prefix(settings.namespace, settings.workflow)
-        self.sources = [keys.step_stream(self.prefix, s) for s in settings.graph.sources]
+        self.sources = {
+            lane: [keys.step_stream(self.prefix, s, lane) for s in settings.graph.sources] for lane in LANES
+        }
         self.redis = redis_client(settings.redis_url)
         self._submit = self.redis.register_script(scripts.SUBMIT)
         self._waiters: dict[str, asyncio.Future[str]] = {}
@@ -109,7 +111,8 @@ class Gateway:
         """Start background loops and the HTTP server; returns the bound port (``port=0``: any free)."""
         for step in self.settings.graph.steps:
             with contextlib.suppress(*REDIS_ERRORS):
-                await ensure_group(self.redis, keys.step_stream(self.prefix, step))
+                for stream in keys.step_streams(self.prefix, step, LANES):
+                    await ensure_group(self.redis, stream)
         self._bg = [asyncio.create_task(self._results_loop()), asyncio.create_task(self._backlog_loop())]
         runner = web.AppRunner(self.app(), access_log=None)
         await runner.setup()
@@ -208,7 +211,8 @@ class Gateway:
     async def _enqueue(self, req: dict[str, Any]) -> bool:
         p = self.prefix
         data = json.dumps(req["input"], separators=(",", ":"))
-        ks = [keys.run(p, req["run_id"]), keys.inflight(p), *self.sources]
+        lane = lane_of(req["priority"], self.settings.priority)
+        ks = [keys.run(p, req["run_id"]), keys.inflight(p), *self.sources[lane]]
         args = [req["run_id"], data, f"{time.time():.6f}", req["priority"], self.settings.result_ttl_s]
         args.append(self.settings.stream_maxlen)
         created = int(await self._submit(keys=ks, args=args))

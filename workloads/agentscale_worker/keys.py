@@ -12,8 +12,14 @@ def prefix(namespace: str, workflow: str) -> str:
     return f"as:{{{namespace}/{workflow}}}:"
 
 
-def step_stream(p: str, step: str) -> str:
-    return f"{p}step:{step}"
+def step_stream(p: str, step: str, lane: str = "normal") -> str:
+    """A step's stream for one priority lane; the ``normal`` lane keeps the plain name."""
+    return f"{p}step:{step}" if lane == "normal" else f"{p}step:{step}:{lane}"
+
+
+def step_streams(p: str, step: str, lanes: tuple[str, ...]) -> list[str]:
+    """A step's streams in the order workers consume them (highest lane first)."""
+    return [step_stream(p, step, lane) for lane in lanes]
 
 
 def dead_letter(p: str, step: str) -> str:

@@ -150,6 +150,20 @@ class Balancer:
                 self.observe(endpoint, latency_s / max(1, depth) if self.per_request else latency_s, now)
 
 
+# ---- priority lanes ----------------------------------------------------------------------------------
+
+LANES = ("high", "normal", "low")  # every step has one stream per lane; workers drain them in this order
+
+
+def lane_of(priority: int, workflow_priority: int) -> str:
+    """The lane of a run: above the workflow's own priority is ``high``, below it ``low``."""
+    if priority > workflow_priority:
+        return "high"
+    if priority < workflow_priority:
+        return "low"
+    return "normal"
+
+
 # ---- admission control -------------------------------------------------------------------------------
 
 

@@ -29,7 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import keys, metrics, scripts
 from .aio import stop_tasks
 from .config import Settings
-from .policies import BatchPolicy, backoff_s
+from .policies import LANES, BatchPolicy, backoff_s, lane_of
 from .triton import Arrays, ModelClient, ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,8 @@ class StepWorker:
         self.is_async = inspect.iscoroutinefunction(handler)
         g = settings.graph
         self.prefix = keys.prefix(settings.namespace, settings.workflow)
-        self.stream = keys.step_stream(self.prefix, settings.step)
+        self.stream = keys.step_stream(self.prefix, settings.step)  # the normal lane
+        self.streams = keys.step_streams(self.prefix, settings.step, LANES)  # consumed in this order
         self.next = g.next_of(settings.step)
         self.npreds = [len(g.predecessors(n)) for n in self.next]
         self.nsinks = len(g.sinks)
@@ -109,8 +110,9 @@ class StepWorker:
         self._complete = self.redis.register_script(scripts.COMPLETE)
         self._fail = self.redis.register_script(scripts.FAIL)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._inflight_ids: set[str] = set()
-        self._abandoned = False  # message ids this consumer is working on (heartbeat)
+        self._inflight_ids: dict[str, set[str]] = {s: set() for s in self.streams}  # heartbeat
+        self._held: list[tuple[str, str, dict[str, str]]] = []  # read beyond the free slots, not started
+        self._abandoned = False
         self._slot = asyncio.Event()
         self._stopping = asyncio.Event()
         self._bg: list[asyncio.Task[None]] = []
@@ -158,22 +160,51 @@ class StepWorker:
         self.pool.shutdown(wait=False)
 
     async def _ensure_group(self) -> None:
-        await ensure_group(self.redis, self.stream)
+        for stream in self.streams:
+            await ensure_group(self.redis, stream)
 
     # ---- consuming ----------------------------------------------------------------------------------
 
     async def _consume(self) -> None:
+        """Strict priority across the lanes: take what the higher lanes hold before looking lower.
+
+        While there is work, each round reads the lanes in order without blocking. Once a round finds all
+        of them empty, block on all lanes at once (one entry each) until something arrives; an entry read
+        beyond the free slots waits in ``_held`` (it is ours in Redis and heartbeated) and starts first."""
         failures = 0
+        scan = True
         while not self._stopping.is_set():
             free = self.settings.concurrency - len(self._tasks)
             if free <= 0:
                 self._slot.clear()
                 await self._slot.wait()
+                scan = True
+                continue
+            if self._held:
+                for stream, msg_id, fields in self._held[:free]:
+                    self._spawn(stream, msg_id, fields, 0)
+                del self._held[:free]
                 continue
             try:
-                resp = await self.redis.xreadgroup(
-                    keys.GROUP, self.settings.consumer, {self.stream: ">"}, count=free, block=1000
-                )
+                got = 0
+                if scan:
+                    for stream in self.streams:
+                        resp = await self.redis.xreadgroup(
+                            keys.GROUP, self.settings.consumer, {stream: ">"}, count=free - got
+                        )
+                        got += self._take(resp, free - got)
+                        if got >= free:
+                            break
+                if not got:
+                    resp = await self.redis.xreadgroup(
+                        keys.GROUP,
+                        self.settings.consumer,
+                        dict.fromkeys(self.streams, ">"),
+                        count=1,
+                        block=1000,
+                    )
+                    got = self._take(resp, free)
+                scan = got > 0
                 failures = 0
             except ResponseError as e:
                 if "NOGROUP" in str(e):  # the stream was lost (Redis without persistence): recreate
@@ -186,20 +217,27 @@ class StepWorker:
                 log.warning("reading %s failed (%s); retrying", self.stream, e)
                 await asyncio.sleep(backoff_s(failures, 0.1, 2.0))
                 continue
-            entries_by_stream: Any = resp or []  # RESP2: [(stream, [(id, fields)])]
-            for _, entries in entries_by_stream:
-                for msg_id, fields in entries:
-                    self._spawn(msg_id, fields, 0)
 
-    def _spawn(self, msg_id: str, fields: dict[str, str], deliveries_before: int) -> None:
-        task = asyncio.create_task(self._handle(msg_id, fields, deliveries_before))
+    def _take(self, resp: Any, free: int) -> int:
+        """Start up to ``free`` of the entries an XREADGROUP returned, highest lane first; hold the rest."""
+        entries = [(stream, i, f) for stream, batch in (resp or []) for i, f in batch]
+        entries.sort(key=lambda e: self.streams.index(e[0]))
+        for stream, msg_id, fields in entries[:free]:
+            self._spawn(stream, msg_id, fields, 0)
+        self._held.extend(entries[free:])
+        for stream, msg_id, _ in entries[free:]:
+            self._inflight_ids[stream].add(msg_id)
+        return len(entries)
+
+    def _spawn(self, stream: str, msg_id: str, fields: dict[str, str], deliveries_before: int) -> None:
+        task = asyncio.create_task(self._handle(stream, msg_id, fields, deliveries_before))
         self._tasks.add(task)
-        self._inflight_ids.add(msg_id)
+        self._inflight_ids[stream].add(msg_id)
         metrics.INFLIGHT.labels(*self.labels).set(len(self._tasks))
 
         def done(t: asyncio.Task[None]) -> None:
             self._tasks.discard(t)
-            self._inflight_ids.discard(msg_id)
+            self._inflight_ids[stream].discard(msg_id)
             metrics.INFLIGHT.labels(*self.labels).set(len(self._tasks))
             self._slot.set()
 
@@ -217,19 +255,22 @@ class StepWorker:
 
     async def reclaim_once(self) -> int:
         """Take over messages idle longer than ``claim_idle_ms`` (their consumer died)."""
-        free = self.settings.concurrency - len(self._tasks)
-        if free <= 0:
-            return 0
-        resp = await self.redis.xautoclaim(
-            self.stream, keys.GROUP, self.settings.consumer, self.settings.claim_idle_ms, "0-0", count=free
-        )
-        claimed = [(i, f) for i, f in resp[1] if f]  # entries trimmed away come back empty
-        for msg_id, fields in claimed:
-            info = await self.redis.xpending_range(self.stream, keys.GROUP, msg_id, msg_id, 1)
-            delivered = int(info[0]["times_delivered"]) if info else 1
-            metrics.RECLAIMED.labels(*self.labels).inc()
-            self._spawn(msg_id, fields, max(0, delivered - 1))
-        return len(claimed)
+        total = 0
+        for stream in self.streams:
+            free = self.settings.concurrency - len(self._tasks)
+            if free <= 0:
+                break
+            resp = await self.redis.xautoclaim(
+                stream, keys.GROUP, self.settings.consumer, self.settings.claim_idle_ms, "0-0", count=free
+            )
+            claimed = [(i, f) for i, f in resp[1] if f]  # entries trimmed away come back empty
+            for msg_id, fields in claimed:
+                info = await self.redis.xpending_range(stream, keys.GROUP, msg_id, msg_id, 1)
+                delivered = int(info[0]["times_delivered"]) if info else 1
+                metrics.RECLAIMED.labels(*self.labels).inc()
+                self._spawn(stream, msg_id, fields, max(0, delivered - 1))
+            total += len(claimed)
+        return total
 
     async def _heartbeat_loop(self) -> None:
         """Keep messages this consumer is still working on from looking dead to other consumers.
@@ -240,24 +281,29 @@ class StepWorker:
         interval = max(0.05, self.settings.claim_idle_ms / 3000)
         while not self._stopping.is_set():
             await asyncio.sleep(interval)
-            ids: list[Any] = list(self._inflight_ids)
-            if not ids:
-                continue
-            with contextlib.suppress(*REDIS_ERRORS, ResponseError):
-                await self.redis.xclaim(self.stream, keys.GROUP, self.settings.consumer, 0, ids, justid=True)
+            for stream, in_flight in self._inflight_ids.items():
+                ids: list[Any] = list(in_flight)
+                if not ids:
+                    continue
+                with contextlib.suppress(*REDIS_ERRORS, ResponseError):
+                    await self.redis.xclaim(stream, keys.GROUP, self.settings.consumer, 0, ids, justid=True)
 
     async def _queue_stats_loop(self) -> None:
         while not self._stopping.is_set():
             with contextlib.suppress(*REDIS_ERRORS, ResponseError):
-                for g in await self.redis.xinfo_groups(self.stream):
-                    if g["name"] == keys.GROUP:
-                        metrics.QUEUE_LAG.labels(*self.labels).set(g.get("lag") or 0)
-                        metrics.QUEUE_PENDING.labels(*self.labels).set(g.get("pending") or 0)
+                lag = pending = 0
+                for stream in self.streams:
+                    for g in await self.redis.xinfo_groups(stream):
+                        if g["name"] == keys.GROUP:
+                            lag += g.get("lag") or 0
+                            pending += g.get("pending") or 0
+                metrics.QUEUE_LAG.labels(*self.labels).set(lag)
+                metrics.QUEUE_PENDING.labels(*self.labels).set(pending)
             await asyncio.sleep(2.0)
 
     # ---- one message --------------------------------------------------------------------------------
 
-    async def _handle(self, msg_id: str, fields: dict[str, str], deliveries_before: int) -> None:
+    async def _handle(self, stream: str, msg_id: str, fields: dict[str, str], deliveries_before: int) -> None:
         started = time.monotonic()
         run_id = fields.get("run", "")
         attempt = deliveries_before
@@ -307,14 +353,14 @@ class StepWorker:
                 await asyncio.sleep(backoff_s(attempt, self.settings.retry_base_s, self.settings.retry_max_s))
                 error = ""
         if ok:
-            res = await self._redis_retry(lambda: self._publish(msg_id, fields, run_id, json_out))
+            res = await self._redis_retry(lambda: self._publish(msg_id, fields, run_id, json_out, stream))
             outcome = "ok" if res in (1, 3) else "duplicate"
             if res == 3:
                 t0 = float(fields.get("t0") or 0)
                 if t0:
                     metrics.E2E_LATENCY.labels(self.settings.workflow).observe(max(0.0, time.time() - t0))
         else:
-            await self._redis_retry(lambda: self._dead_letter(msg_id, fields, run_id, error, attempt))
+            await self._redis_retry(lambda: self._dead_letter(msg_id, fields, run_id, error, attempt, stream))
             outcome = "dead_letter"
         self.processed += 1
         metrics.MESSAGES.labels(*self.labels, outcome).inc()
@@ -339,17 +385,29 @@ class StepWorker:
                 log.warning("redis unavailable (%s); retry %d", e, attempt)
                 await asyncio.sleep(backoff_s(attempt, 0.1, 2.0))
 
-    async def _publish(self, msg_id: str, fields: dict[str, str], run_id: str, data: str) -> int:
+    def lane(self, fields: dict[str, str]) -> str:
+        """A message's lane, from the priority it carries (the run's, set at the gateway)."""
+        try:
+            prio = int(fields.get("prio", ""))
+        except ValueError:
+            prio = self.settings.priority
+        return lane_of(prio, self.settings.priority)
+
+    async def _publish(
+        self, msg_id: str, fields: dict[str, str], run_id: str, data: str, stream: str | None = None
+    ) -> int:
+        """Publish an output (to the next steps' streams of the run's lane) and ack it on ``stream``."""
         p, s = self.prefix, self.settings
+        lane = self.lane(fields)
         ks = [
-            self.stream,
+            stream or keys.step_stream(p, s.step, lane),
             keys.done(p, run_id, s.step),
             keys.run(p, run_id),
             keys.results(p),
             keys.inflight(p),
         ]
         for n in self.next:
-            ks += [keys.step_stream(p, n), keys.join(p, run_id, n)]
+            ks += [keys.step_stream(p, n, lane), keys.join(p, run_id, n)]
         args: list[Any] = [
             keys.GROUP,
             msg_id,
@@ -357,17 +415,17 @@ class StepWorker:
             s.step,
             data,
             fields.get("t0", "0"),
-            fields.get("prio", "0"),
+            fields.get("prio", str(s.priority)),
         ]
         args += [s.result_ttl_s, s.stream_maxlen, self.nsinks, f"{time.time():.6f}", *self.npreds]
         return int(await self._complete(keys=ks, args=args))
 
     async def _dead_letter(
-        self, msg_id: str, fields: dict[str, str], run_id: str, error: str, attempts: int
+        self, msg_id: str, fields: dict[str, str], run_id: str, error: str, attempts: int, stream: str = ""
     ) -> int:
         p, s = self.prefix, self.settings
         ks = [
-            self.stream,
+            stream or keys.step_stream(p, s.step, self.lane(fields)),
             keys.dead_letter(p, s.step),
             keys.run(p, run_id),
             keys.results(p),

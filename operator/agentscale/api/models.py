@@ -461,7 +461,10 @@ class AgentWorkflowSpec(_Model):
     slo: SLO = Field(default_factory=SLO, description="Service level the workflow must meet.")
     priority: Priority = Field(
         Priority.normal,
-        description="Workflow priority: gateway admission sheds lower priorities first under load.",
+        description=(
+            "Workflow priority, the level of its ordinary requests: under load the gateway sheds requests "
+            "below it first, and requests above it overtake queued runs at every step."
+        ),
     )
     priorityClassName: str | None = Field(
         None, max_length=253, description="PriorityClass for every pod of the workflow (must exist)."
