@@ -22,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -54,7 +56,18 @@ def load_handler(spec: str) -> Handler:
 
 
 def redis_client(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=10)
+    """A pooled client that retries a command on a fresh connection after a connection error.
+
+    ``from_url`` leaves the pool without retries, so after a Redis restart every pooled connection failed
+    once (20 of 20 concurrent commands in a probe; the gateway answered 503 to each). Retrying is safe
+    for our writes: the Lua scripts are idempotent (run id / done markers)."""
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=True,
+        health_check_interval=10,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), 3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
 
 
 class StepContext:

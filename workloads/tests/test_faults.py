@@ -96,27 +96,34 @@ async def test_redis_restart_loses_nothing_accepted(redis_server: RedisServer, t
         accepted: dict[str, dict[str, Any]] = {}
         refused = 0
 
-        async def client(i: int) -> None:
+        async def client(i: int) -> int:
             nonlocal refused
             x = sample_input(wf, i)
             try:
                 code, _, body = await flow.post("/v1/runs", {"input": x})
             except Exception:
                 refused += 1
-                return
+                return 0
             if code == 202:
                 accepted[body["run_id"]] = x
-            else:
-                assert code == 503, body
+            else:  # 503: Redis is down; 429: admission sheds while the backlog's completion rate is unknown
+                assert code in (503, 429), body
                 refused += 1
+            return code
 
         first = [asyncio.create_task(client(i)) for i in range(40)]
         await wait_until(lambda: len(accepted) >= 10, 30, what="some runs accepted")
         await asyncio.to_thread(redis_server.stop, signal.SIGKILL)  # AOF with appendfsync always
         await asyncio.gather(*first)
         await asyncio.to_thread(redis_server.start)
-        await asyncio.gather(*(client(i) for i in range(40, 60)))
-        assert len(accepted) >= 30
+        await wait_until(lambda: _all_done(flow, list(accepted)), 90, 0.1, "runs accepted before finished")
+        # and the gateway takes work again at once: no pooled connection to the old Redis fails a request
+        # (it used to: every stale connection gave one 503), and at least the 8 runs of backlog that are
+        # always admitted get in
+        before = len(accepted)
+        codes = await asyncio.gather(*(client(i) for i in range(40, 60)))
+        assert 503 not in codes and 0 not in codes, codes
+        assert len(accepted) - before >= 8
         await wait_until(lambda: _all_done(flow, list(accepted)), 90, 0.1, "accepted runs finished")
         for rid, x in accepted.items():
             _, state = await flow.get(f"/v1/runs/{rid}")
