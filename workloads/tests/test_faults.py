@@ -242,7 +242,7 @@ ONE_STEP = Graph.from_dict({"steps": {"a": {"next": []}}, "slo": {"p95LatencyMs"
 
 async def test_slow_messages_are_not_stolen_by_a_healthy_peer(redis_server: RedisServer) -> None:
     """A handler busy for many claim_idle_ms keeps its messages: its heartbeat resets their idle time."""
-    fast = dict(claim_idle_ms=300, claim_interval_s=0.05, concurrency=8)
+    fast = dict(claim_idle_ms=1000, claim_interval_s=0.05, concurrency=8)  # heartbeat every 333 ms
     async with start_flow(redis_server, "slow", {"a": f"{H}:gated_echo"}, ONE_STEP, **fast) as flow:
         r = redis_client(redis_server.url)
         stream = keys.step_stream(flow.gateway.prefix, "a")
@@ -258,7 +258,7 @@ async def test_slow_messages_are_not_stolen_by_a_healthy_peer(redis_server: Redi
         peer = StepWorker(s, load_handler(f"{H}:gated_echo"))
         await peer.start()
         try:
-            await asyncio.sleep(2.0)  # about 7 claim_idle_ms windows while the first worker is still busy
+            await asyncio.sleep(3.5)  # 3.5 claim_idle_ms windows while the first worker is still busy
             await r.set("gate", "1")
             await wait_until(lambda: _all_done(flow, run_ids), 30, 0.05, "all runs finished")
         finally:
