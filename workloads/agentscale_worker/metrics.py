@@ -14,6 +14,11 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 QUEUE_LAG = Gauge(
     "agentscale_queue_lag", "Entries in the step stream not yet delivered to any worker", ["workflow", "step"]
 )
+QUEUE_LAG_LANE = Gauge(
+    "agentscale_queue_lag_by_lane",
+    "Entries not yet delivered, per priority lane (high, normal, low); agentscale_queue_lag is their sum",
+    ["workflow", "step", "lane"],
+)
 QUEUE_PENDING = Gauge(
     "agentscale_queue_pending", "Entries delivered to workers and not yet acknowledged", ["workflow", "step"]
 )

@@ -305,11 +305,12 @@ class StepWorker:
         while not self._stopping.is_set():
             with contextlib.suppress(*REDIS_ERRORS, ResponseError):
                 lag = pending = 0
-                for stream in self.streams:
+                for lane, stream in zip(LANES, self.streams, strict=True):
                     for g in await self.redis.xinfo_groups(stream):
                         if g["name"] == keys.GROUP:
                             lag += g.get("lag") or 0
                             pending += g.get("pending") or 0
+                            metrics.QUEUE_LAG_LANE.labels(*self.labels, lane).set(g.get("lag") or 0)
                 metrics.QUEUE_LAG.labels(*self.labels).set(lag)
                 metrics.QUEUE_PENDING.labels(*self.labels).set(pending)
             await asyncio.sleep(2.0)

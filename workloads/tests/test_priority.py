@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from agentscale_worker import keys
+from agentscale_worker import keys, metrics
 from agentscale_worker.config import Graph
 from agentscale_worker.local import RedisServer, wait_until
-from agentscale_worker.policies import lane_of
+from agentscale_worker.policies import LANES, lane_of
 from agentscale_worker.runtime import StepWorker, load_handler, redis_client
 
 from .conftest import base_settings, start_flow
@@ -41,6 +41,12 @@ async def test_higher_priority_runs_overtake_the_queue(redis_server: RedisServer
         await wait_until(first_taken, 10, what="the worker holds n0")
         for name, prio in [("l1", 0), ("l2", 1), ("n1", 2), ("n2", 2), ("h1", 3), ("h2", 4)]:
             names[await submit(name, prio)] = name
+
+        def lag_by_lane() -> list[float]:
+            return [metrics.QUEUE_LAG_LANE.labels("prio", "a", lane)._value.get() for lane in LANES]
+
+        await wait_until(lambda: lag_by_lane() == [2, 2, 2], 10, what="queue lag per lane exported")
+        assert metrics.QUEUE_LAG.labels("prio", "a")._value.get() == 6
         await r.set("gate", "1")
 
         async def finished() -> list[str]:
