@@ -88,7 +88,7 @@ def section() -> str:
             f"alone **{on:.2f}x ({'met' if on >= 3 else 'missed'})**; with the worker's micro-batching too **{both:.2f}x "
             f"({'met' if both >= 3 else 'missed'})**. Direct to Triton, 16 clients: {b['direct_ratio']['on']:.2f}x."
         )
-        allruns = [b] + [r for r in (_load("batching-run1"), _load("batching-run2")) if r]
+        allruns = [b] + [r for r in (_load(f"batching-run{i}") for i in (1, 2, 3)) if r]
         if len(allruns) > 1:
             ons = [r["ratio"]["on"][str(r["p95_bound_ms"])] for r in allruns]
             boths = [r["ratio"]["on+client"][str(r["p95_bound_ms"])] for r in allruns]
@@ -171,10 +171,11 @@ def section() -> str:
         earlier = {
             "batching-run1": "modes one after another, the whole run under another engineer's cluster (load ~5)",
             "batching-run2": "modes one after another; the load rose from ~1 during `off` to ~6 during the others",
+            "batching-run3": "interleaved modes; background load changed during the run (one on+client outlier point)",
         }
         runs = [(name, what, _load(name)) for name, what in earlier.items()]
         if any(r for _, _, r in runs):
-            out += ["", "Earlier runs of this benchmark, before it interleaved the modes:", ""]
+            out += ["", "Earlier runs of this benchmark (run1 and run2 before it interleaved the modes):", ""]
         for name, what, prev in runs:
             if not prev:
                 continue
