@@ -43,9 +43,9 @@ if [ "${AGENTSCALE_E2E:-1}" = "0" ]; then
 fi
 
 stage "local cluster (build or reuse cached binaries, start)"
-e2e/cluster/up.sh
 cleanup() { stage "stopping the local cluster"; e2e/cluster/down.sh || true; }
-trap cleanup EXIT
+trap cleanup EXIT # also when up.sh fails half way: leave no processes behind
+e2e/cluster/up.sh
 # shellcheck source=/dev/null
 . e2e/cluster/env.sh
 
