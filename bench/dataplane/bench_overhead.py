@@ -15,7 +15,7 @@ from agentscale_worker.examples.common import word_tokens
 from agentscale_worker.triton import ModelClient
 
 from .bench_batching import GRAPH
-from .loadgen import closed_loop
+from .loadgen import closed_loop, sync_run_op
 from .stack import save, services
 
 CONCURRENCY = 4
@@ -36,13 +36,7 @@ async def direct(url: str) -> dict[str, float]:
 async def gateway(url: str) -> dict[str, float]:
     bodies = [{"input": sample_input("shop-recs", i)} for i in range(64)]
     async with aiohttp.ClientSession() as s:
-
-        async def op(i: int) -> None:
-            async with s.post(url + "/v1/runs/sync", json=bodies[i % 64]) as r:
-                if r.status != 200:
-                    raise RuntimeError(r.status)
-                await r.read()
-
+        op = sync_run_op(s, url, bodies)
         for i in range(20):
             await op(i)
         return await closed_loop(op, CONCURRENCY, DURATION_S)

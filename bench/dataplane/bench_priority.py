@@ -21,7 +21,7 @@ from agentscale_worker.config import Graph
 from agentscale_worker.examples import sample_input
 from agentscale_worker.local import free_port
 
-from .loadgen import closed_loop
+from .loadgen import closed_loop, sync_run_op
 from .openloop import open_loop
 from .stack import percentile, save, services, wait_port
 
@@ -41,13 +41,7 @@ SIM_PROFILE = {"base_ms": 20.0, "per_sample_ms": 3.2, "max_batch": 64}
 async def capacity(url: str) -> float:
     bodies = [{"input": sample_input("shop-recs", i)} for i in range(64)]
     async with aiohttp.ClientSession() as s:
-
-        async def op(i: int) -> None:
-            async with s.post(url + "/v1/runs/sync", json=bodies[i % 64]) as r:
-                if r.status != 200:
-                    raise RuntimeError(r.status)
-                await r.read()
-
+        op = sync_run_op(s, url, bodies)
         await closed_loop(op, 8, 3)  # warm up
         return float((await closed_loop(op, 16, 8))["rps"])
 
@@ -88,7 +82,6 @@ def measure(url: str) -> dict[str, Any]:
     print(f"capacity {cap:.1f} runs/s; offering {rate:.1f} runs/s for {DURATION_S} s", flush=True)
     base = asyncio.run(overload(url, rate, lanes=False))
     print(f"baseline (one lane) {base}", flush=True)
-    time.sleep(2)
     lanes = asyncio.run(overload(url, rate, lanes=True))
     print(f"lanes {lanes}", flush=True)
     ratio = base["urgent"]["p95_ms"] / lanes["urgent"]["p95_ms"]

@@ -42,3 +42,15 @@ async def closed_loop(
         "requests": len(lat),
         "errors": errors,
     }
+
+
+def sync_run_op(session: Any, url: str, bodies: list[dict[str, Any]]) -> Callable[[int], Awaitable[None]]:
+    """``op(i)``: one synchronous run through the gateway with ``bodies[i % len(bodies)]``; non-200 raises."""
+
+    async def op(i: int) -> None:
+        async with session.post(url + "/v1/runs/sync", json=bodies[i % len(bodies)]) as r:
+            if r.status != 200:
+                raise RuntimeError(r.status)
+            await r.read()
+
+    return op
