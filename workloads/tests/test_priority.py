@@ -52,17 +52,16 @@ async def test_higher_priority_runs_overtake_the_queue(redis_server: RedisServer
         async def finished() -> list[str]:
             return [names[f["run"]] for _, f in await r.xrange(keys.results(flow.gateway.prefix))]
 
-        await wait_until(lambda: _count(finished, 7), 30, 0.05, "all runs finished")
+        async def all_finished() -> bool:
+            return len(await finished()) == 7
+
+        await wait_until(all_finished, 30, 0.05, "all runs finished")
         # n0 was already being worked on; then the high lane, in arrival order; normal; low last
         assert await finished() == ["n0", "h1", "h2", "n1", "n2", "l1", "l2"]
         # the next step's messages kept the run's lane
         assert await r.xlen(keys.step_stream(flow.gateway.prefix, "b", "high")) == 2
         assert await r.xlen(keys.step_stream(flow.gateway.prefix, "b", "low")) == 2
         await r.aclose()
-
-
-async def _count(finished: object, n: int) -> bool:
-    return len(await finished()) >= n  # type: ignore[operator]
 
 
 async def test_entries_read_beyond_the_free_slots_are_held_highest_lane_first(
