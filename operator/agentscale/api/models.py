@@ -219,6 +219,44 @@ class Scaling(_Model):
         120, ge=0, le=3600, description="Wait this long at a lower recommendation before scaling down."
     )
 
+    # -- who owns spec.replicas, and within what bounds: the one home for these rules -------------------
+
+    def operator_owns_replicas(self) -> bool:
+        """The operator's reconcile writes ``spec.replicas`` (mode fixed) rather than an autoscaler."""
+        return self.mode == ScalingMode.fixed
+
+    def hpa_owns_replicas(self) -> bool:
+        """A HorizontalPodAutoscaler owns ``spec.replicas`` (mode hpa)."""
+        return self.mode == ScalingMode.hpa
+
+    def controller_owns_replicas(self) -> bool:
+        """The resource controller owns ``spec.replicas`` (modes queue and slo)."""
+        return self.mode in (ScalingMode.queue, ScalingMode.slo)
+
+    def rendered_replicas(self) -> int | None:
+        """What the renderer writes into ``spec.replicas``: the count in mode fixed, None where an
+        autoscaler owns the field (omitted from the applied object, so server-side apply leaves it alone)."""
+        return self.replicas if self.operator_owns_replicas() else None
+
+    def bounds(self) -> tuple[int, int]:
+        """[min, max] replicas this part may run: exactly ``replicas`` in mode fixed, an HPA's floor is at
+        least 1 (an HPA cannot scale to zero), the spec's bounds otherwise."""
+        if self.operator_owns_replicas():
+            return self.replicas, self.replicas
+        if self.hpa_owns_replicas():
+            return max(1, self.minReplicas), self.maxReplicas
+        return self.minReplicas, self.maxReplicas
+
+    def clamp(self, replicas: int) -> int:
+        """``replicas`` moved into :meth:`bounds`."""
+        lo, hi = self.bounds()
+        return min(max(replicas, lo), hi)
+
+    def nominal_replicas(self) -> int:
+        """Replicas to count before anything is observed (GPU totals, status floors): the fixed count or
+        the lower bound."""
+        return self.bounds()[0]
+
 
 class BatchKind(StrEnum):
     AUTO = "AUTO"
