@@ -1,26 +1,30 @@
-"""kopf registration only: events in, calls into agentscale.runtime out."""
+"""kopf registration only: events in, calls into the workflow controller out.
+
+Every watched kind comes from ``kinds.py``: one index and one event handler per owned kind, the workflows'
+index and handler, and the unscheduled pods'. Adding an owned kind there registers it here.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import kopf
 
-from agentscale.api import models as m
+from agentscale import kinds
+from agentscale.cache import ClusterCache
 from agentscale.kube import KubeClient
 from agentscale.reconcile import ExistingChild
 from agentscale.render import labels as L
-from agentscale.runtime import Operator
 from agentscale.status import pending_pod, summarize_deployment
+from agentscale.workflow_controller import WorkflowController
 
-OWNED: dict[str, Any] = {
+OWNED_LABELS: dict[str, Any] = {
     "app.kubernetes.io/managed-by": L.MANAGED_BY,
     L.WORKFLOW_LABEL: kopf.PRESENT,
 }
-WORKFLOWS = (m.GROUP, m.VERSION, m.PLURAL)
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -58,32 +62,31 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.execution.max_workers = 4
     # Server-side filters: only our children cross the wire, and of pods only the unscheduled ones (the
     # only pods status looks at). A pod that gets scheduled leaves the selection as a DELETED event.
-    owned = f"app.kubernetes.io/managed-by={L.MANAGED_BY},{L.WORKFLOW_LABEL}"
-    for plural in (
-        "deployments",
-        "services",
-        "configmaps",
-        "horizontalpodautoscalers",
-        "poddisruptionbudgets",
-    ):
-        settings.watching.label_selectors[plural] = owned
-    settings.watching.label_selectors["pods"] = owned
-    settings.watching.field_selectors["pods"] = "spec.nodeName=,status.phase=Pending"
+    for kind in (*kinds.OWNED, kinds.POD):
+        settings.watching.label_selectors[kind.plural] = kinds.OWNED_SELECTOR
+    settings.watching.field_selectors[kinds.POD.plural] = kinds.POD_FIELD_SELECTOR
     client = KubeClient.from_connection(_login(settings), L.FIELD_MANAGER, limit=64)
-    memo.op = Operator(client, debounce=float(os.environ.get("AGENTSCALE_STATUS_DEBOUNCE", "0.5")))
-    memo.op.start()
+    debounce = float(os.environ.get("AGENTSCALE_STATUS_DEBOUNCE", "0.5"))
+    memo.cache = ClusterCache()
+    memo.workflows = WorkflowController(client, memo.cache, debounce=debounce)
+    memo.workflows.start()
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    await memo.op.stop()
+    await memo.workflows.stop()
+
+
+def _controller(memo: kopf.Memo, kwargs: Mapping[str, Any]) -> WorkflowController:
+    ctl: WorkflowController = memo.workflows
+    ctl.cache.bind(kwargs)
+    return ctl
 
 
 # ---------------------------------------------------------------------------------------------- indexes
 
 
-@kopf.index(*WORKFLOWS)
-async def workflows_idx(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def _workflow_index(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return {
         (namespace, name): {
             "spec": dict(body.get("spec") or {}),
@@ -95,80 +98,64 @@ async def workflows_idx(namespace: str, name: str, body: kopf.Body, **_: Any) ->
     }
 
 
-@kopf.index("apps", "v1", "deployments", labels=OWNED)
-async def deployments_idx(
-    namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any
-) -> dict[Any, Any]:
-    return {(namespace, labels[L.WORKFLOW_LABEL]): summarize_deployment(body)}
+def _child_index(kind: str) -> Callable[..., Any]:
+    """What the cache keeps of one owned child: Deployments a status summary, the rest their spec hash."""
 
-
-def _child(kind: str) -> Any:
     async def index(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        key = (namespace, labels[L.WORKFLOW_LABEL])
+        if kind == "Deployment":
+            return {key: summarize_deployment(body)}
         digest = (body.metadata.annotations or {}).get(L.HASH_ANNOTATION, "")
-        return {(namespace, labels[L.WORKFLOW_LABEL]): ExistingChild(kind, body.metadata.name or "", digest)}
+        return {key: ExistingChild(kind, body.metadata.name or "", digest)}
 
     return index
 
 
-# Spec hashes of the other owned kinds, so a no-op reconcile compares and writes nothing.
-kopf.index("", "v1", "configmaps", labels=OWNED, id="configmaps_idx")(_child("ConfigMap"))
-kopf.index("", "v1", "services", labels=OWNED, id="services_idx")(_child("Service"))
-kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=OWNED, id="hpas_idx")(
-    _child("HorizontalPodAutoscaler")
-)
-kopf.index("policy", "v1", "poddisruptionbudgets", labels=OWNED, id="pdbs_idx")(_child("PodDisruptionBudget"))
-
-
-@kopf.index("", "v1", "pods", labels=OWNED)
-async def pods_idx(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def _pod_index(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
     p = pending_pod(body)
     return {(namespace, labels[L.WORKFLOW_LABEL]): p} if p is not None else {}
 
 
-# ---------------------------------------------------------------------------------------------- reconcile
+# ---------------------------------------------------------------------------------------------- events
 
 
-@kopf.on.event(*WORKFLOWS)
-async def workflow_event(type: str, namespace: str, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+async def _workflow_event(type: str, namespace: str, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     """Every event of a workflow: create, update, resume after a restart, delete.
 
-    Reconciles are level-triggered on metadata.generation and run on the operator's own work queue (with
-    retries and backoff), so the many status-only events cost a dictionary lookup and nothing is written
-    to the workflow but its status.
+    Reconciles are level-triggered on metadata.generation and run on the workflow controller's work queue
+    (with its own retries and backoff), so the many status-only events cost a dictionary lookup and nothing
+    is written to the workflow but its status.
     """
-    op: Operator = memo.op
-    op.bind(kwargs)
+    ctl = _controller(memo, kwargs)
     if type == "DELETED":
-        op.forget((namespace, name))
+        ctl.forget((namespace, name))
     else:
-        op.schedule((namespace, name))
+        ctl.schedule((namespace, name))
 
 
 async def _child_event(
-    type: str, namespace: str, labels: Mapping[str, str], memo: kopf.Memo, **kw: Any
+    type: str, namespace: str, labels: Mapping[str, str], body: kopf.Body, memo: kopf.Memo, **kw: Any
 ) -> None:
-    """A child changed: refresh the parent's status; a child deleted may need putting back."""
-    op: Operator = memo.op
-    op.bind(kw)
+    """A child changed: put back what was deleted or edited by hand, and refresh the parent's status."""
+    ctl = _controller(memo, kw)
     key = (namespace, labels.get(L.WORKFLOW_LABEL, ""))
     if type == "DELETED":
-        op.schedule(key, force=True)  # finds nothing to do when the spec no longer wants it
-    op.request_refresh(key)
+        ctl.schedule(key, force=True)  # finds nothing to do when the spec no longer wants it
+    else:
+        ctl.check_drift(key, body)
+    ctl.request_refresh(key)
 
 
 async def _pod_event(namespace: str, labels: Mapping[str, str], memo: kopf.Memo, **kw: Any) -> None:
     """An unscheduled pod appeared or left that state: only status cares."""
-    op: Operator = memo.op
-    op.bind(kw)
-    op.request_refresh((namespace, labels.get(L.WORKFLOW_LABEL, "")))
+    ctl = _controller(memo, kw)
+    ctl.request_refresh((namespace, labels.get(L.WORKFLOW_LABEL, "")))
 
 
-kopf.on.event("apps", "v1", "deployments", labels=OWNED, id="deployment_event")(_child_event)
-kopf.on.event("", "v1", "pods", labels=OWNED, id="pod_event")(_pod_event)
-for _group, _version, _plural in (
-    ("", "v1", "services"),
-    ("", "v1", "configmaps"),
-    ("autoscaling", "v2", "horizontalpodautoscalers"),
-    ("policy", "v1", "poddisruptionbudgets"),
-):
-    kopf.on.event(_group, _version, _plural, labels=OWNED, id=f"{_plural}_event")(_child_event)
+kopf.index(*kinds.WORKFLOW.resource, id=kinds.WORKFLOW.index_id)(_workflow_index)
+kopf.on.event(*kinds.WORKFLOW.resource, id="workflow_event")(_workflow_event)
+for _kind in kinds.OWNED:
+    kopf.index(*_kind.resource, labels=OWNED_LABELS, id=_kind.index_id)(_child_index(_kind.kind))
+    kopf.on.event(*_kind.resource, labels=OWNED_LABELS, id=f"{_kind.plural}_event")(_child_event)
+kopf.index(*kinds.POD.resource, labels=OWNED_LABELS, id=kinds.POD.index_id)(_pod_index)
+kopf.on.event(*kinds.POD.resource, labels=OWNED_LABELS, id="pod_event")(_pod_event)

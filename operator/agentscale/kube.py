@@ -18,20 +18,9 @@ from typing import Any
 import aiohttp
 import kopf
 
+from agentscale import kinds
+
 log = logging.getLogger(__name__)
-
-# Core and the API groups we render into.
-_PLURALS = {
-    ("v1", "ConfigMap"): "configmaps",
-    ("v1", "Service"): "services",
-    ("v1", "Pod"): "pods",
-    ("v1", "Event"): "events",
-    ("apps/v1", "Deployment"): "deployments",
-    ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
-    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
-    ("agentscale.io/v1alpha1", "AgentWorkflow"): "agentworkflows",
-}
-
 
 class ApiError(Exception):
     def __init__(self, status: int, body: dict[str, Any] | str, what: str) -> None:
@@ -51,7 +40,7 @@ class ApiError(Exception):
 
 
 def object_path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
-    plural = _PLURALS[(api_version, kind)]
+    plural = kinds.lookup(api_version, kind).plural
     base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
     path = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
     return f"{path}/{name}" if name else path
@@ -185,13 +174,3 @@ class KubeClient:
             "count": 1,
         }
         await self._request("POST", object_path("v1", "Event", ns), f"event {reason}", body=body)
-
-    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return await self._request(
-                "GET", object_path(api_version, kind, namespace, name), f"get {kind} {name}"
-            )
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise

@@ -7,19 +7,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentscale.api.models import AgentWorkflow, ScalingMode
+from agentscale import kinds
+from agentscale.api.models import AgentWorkflow
 from agentscale.kube import ApiError, KubeClient
 from agentscale.render import ChildKey, child_key
 from agentscale.render import labels as L
-
-# The kinds a workflow may own, in the order we apply them.
-CHILD_KINDS: dict[str, str] = {
-    "ConfigMap": "v1",
-    "Service": "v1",
-    "Deployment": "apps/v1",
-    "HorizontalPodAutoscaler": "autoscaling/v2",
-    "PodDisruptionBudget": "policy/v1",
-}
 
 
 @dataclass(frozen=True)
@@ -33,6 +25,7 @@ class ExistingChild:
 @dataclass
 class Plan:
     apply: list[dict[str, Any]] = field(default_factory=list)
+    drifted: list[str] = field(default_factory=list)  # "Kind/name: field, ..." re-applied to undo edits
     prune: list[ExistingChild] = field(default_factory=list)
     scale: list[tuple[str, int, int]] = field(default_factory=list)  # (deployment, from, to)
 
@@ -41,23 +34,17 @@ class Plan:
         return not (self.apply or self.prune or self.scale)
 
 
-def _bounds(wf: AgentWorkflow) -> dict[str, tuple[int, int]]:
-    """Replica bounds of every Deployment whose replicas an autoscaler other than an HPA owns."""
-    out: dict[str, tuple[int, int]] = {}
-    for name, sc in [(s.name, s.scaling) for s in wf.spec.steps] + [
-        (m.name, m.scaling) for m in wf.spec.models
-    ]:
-        if sc.mode in (ScalingMode.queue, ScalingMode.slo):
-            out[L.child_name(wf, name)] = (sc.minReplicas, sc.maxReplicas)
-    return out
-
-
 def plan_children(
-    wf: AgentWorkflow, desired: Iterable[dict[str, Any]], existing: Mapping[ChildKey, ExistingChild]
+    wf: AgentWorkflow,
+    desired: Iterable[dict[str, Any]],
+    existing: Mapping[ChildKey, ExistingChild],
+    drifted: Mapping[ChildKey, list[str]] | None = None,
 ) -> Plan:
-    """Apply what is missing or differs (by spec hash), prune what the spec no longer names, and clamp
-    replicas into [min, max] for Deployments scaled by the resource controller."""
+    """Apply what is missing, differs (by spec hash) or drifted (hand edits of fields we own), prune what
+    the spec no longer names, and clamp replicas into [min, max] for Deployments whose replicas the
+    resource controller owns."""
     plan = Plan()
+    drifted = drifted or {}
     wanted: set[ChildKey] = set()
     for obj in desired:
         key = child_key(obj)
@@ -65,12 +52,19 @@ def plan_children(
         have = existing.get(key)
         if have is None or have.spec_hash != obj["metadata"]["annotations"][L.HASH_ANNOTATION]:
             plan.apply.append(obj)
+        elif key in drifted:
+            plan.apply.append(obj)
+            plan.drifted.append(f"{key[0]}/{key[1]}: {', '.join(drifted[key])}")
     plan.prune = sorted((c for k, c in existing.items() if k not in wanted), key=lambda c: (c.kind, c.name))
-    for name, (lo, hi) in sorted(_bounds(wf).items()):
+    parts = [(s.name, s.scaling) for s in wf.spec.steps] + [(m.name, m.scaling) for m in wf.spec.models]
+    for part, sc in sorted(parts, key=lambda p: p[0]):
+        if not sc.controller_owns_replicas():
+            continue
+        name = L.child_name(wf, part)
         have = existing.get(("Deployment", name))
         if have is None or have.replicas is None:
             continue
-        target = min(max(have.replicas, lo), hi)
+        target = sc.clamp(have.replicas)
         if target != have.replicas:
             plan.scale.append((name, have.replicas, target))
     return plan
@@ -101,7 +95,7 @@ async def execute(client: KubeClient, namespace: str, plan: Plan, concurrency: i
 
     async def prune(child: ExistingChild) -> None:
         async with gate:
-            await client.delete(CHILD_KINDS[child.kind], child.kind, namespace, child.name)
+            await client.delete(kinds.owned(child.kind).api_version, child.kind, namespace, child.name)
             out.pruned.append(f"{child.kind}/{child.name}")
 
     async def scale(name: str, old: int, new: int) -> None:
@@ -110,8 +104,8 @@ async def execute(client: KubeClient, namespace: str, plan: Plan, concurrency: i
             out.scaled.append((name, old, new))
 
     # ConfigMaps and Services first, so servers never start without their config.
-    first = [o for o in plan.apply if o["kind"] in ("ConfigMap", "Service")]
-    rest = [o for o in plan.apply if o["kind"] not in ("ConfigMap", "Service")]
+    first = [o for o in plan.apply if kinds.owned(o["kind"]).apply_first]
+    rest = [o for o in plan.apply if not kinds.owned(o["kind"]).apply_first]
     await asyncio.gather(*(apply(o) for o in first))
     await asyncio.gather(
         *(apply(o) for o in rest),

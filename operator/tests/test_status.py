@@ -132,7 +132,7 @@ def test_summaries_from_raw_objects() -> None:
 
 
 def test_conditions_turned_true_only_on_transition() -> None:
-    from agentscale.runtime import conditions_turned_true
+    from agentscale.workflow_controller import conditions_turned_true
 
     old = {"conditions": [{"type": "GPUCapacityShort", "status": "False"}]}
     new = {"conditions": [{"type": "GPUCapacityShort", "status": "True", "reason": "InsufficientGPU"}]}

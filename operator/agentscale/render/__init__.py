@@ -82,6 +82,6 @@ def workflow_gpus(wf: AgentWorkflow, replicas: dict[str, int] | None = None) -> 
         _, per_pod = gpu_resource(gpu)
         n = (replicas or {}).get(part)
         if n is None:
-            n = sc.replicas if sc.mode.value == "fixed" else sc.minReplicas
+            n = sc.nominal_replicas()
         total += per_pod * n
     return total

@@ -45,7 +45,3 @@ def labels(wf: AgentWorkflow, component: str, part: str | None = None) -> dict[s
     out.update(selector_labels(wf, component, part))
     return out
 
-
-def workflow_selector(name: str) -> str:
-    """A label selector string for every child of one workflow."""
-    return f"app.kubernetes.io/managed-by={MANAGED_BY},{WORKFLOW_LABEL}={name}"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentscale.api.models import AgentWorkflow, Scaling, ScalingMode
+from agentscale.api.models import AgentWorkflow, Scaling
 from agentscale.render import labels as L
 
 
 def hpa(wf: AgentWorkflow, component: str, part: str, scaling: Scaling) -> dict[str, Any] | None:
     """An autoscaling/v2 HPA on CPU utilization for mode hpa; None for every other mode."""
-    if scaling.mode != ScalingMode.hpa:
+    if not scaling.hpa_owns_replicas():
         return None
     name = L.child_name(wf, part)
     return {
@@ -19,8 +19,8 @@ def hpa(wf: AgentWorkflow, component: str, part: str, scaling: Scaling) -> dict[
         "metadata": {"name": name, "namespace": wf.namespace, "labels": L.labels(wf, component, part)},
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-            "minReplicas": max(1, scaling.minReplicas),
-            "maxReplicas": scaling.maxReplicas,
+            "minReplicas": scaling.bounds()[0],
+            "maxReplicas": scaling.bounds()[1],
             "metrics": [
                 {
                     "type": "Resource",
@@ -48,13 +48,9 @@ def hpa(wf: AgentWorkflow, component: str, part: str, scaling: Scaling) -> dict[
     }
 
 
-def max_replicas(scaling: Scaling) -> int:
-    return scaling.replicas if scaling.mode == ScalingMode.fixed else scaling.maxReplicas
-
-
 def pdb(wf: AgentWorkflow, component: str, part: str, scaling: Scaling) -> dict[str, Any] | None:
     """Allow one voluntary disruption at a time for anything that can run more than one replica."""
-    if max_replicas(scaling) <= 1:
+    if scaling.bounds()[1] <= 1:
         return None
     return {
         "apiVersion": "policy/v1",

@@ -9,7 +9,6 @@ from typing import Any
 from agentscale.api.models import AgentWorkflow, Backend, BatchKind, ModelServer
 from agentscale.render import labels as L
 from agentscale.render import pods
-from agentscale.render.workers import managed_replicas
 
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 MODEL_ROOT = "/models"
@@ -184,7 +183,7 @@ def deployment(wf: AgentWorkflow, model: ModelServer) -> dict[str, Any]:
             "spec": pod_spec,
         },
     }
-    replicas = managed_replicas(model.scaling.mode, model.scaling.replicas)
+    replicas = model.scaling.rendered_replicas()
     if replicas is not None:
         spec["replicas"] = replicas
     return {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agentscale.api.models import AgentWorkflow, ScalingMode, Step
+from agentscale.api.models import AgentWorkflow, Step
 from agentscale.render import labels as L
 from agentscale.render import pods
 
@@ -56,7 +56,6 @@ def step_env(wf: AgentWorkflow, step: Step) -> list[dict[str, Any]]:
         {"name": "AGENTSCALE_MODEL", "value": step.model or ""},
         {"name": "AGENTSCALE_TRITON_HOST", "value": L.child_name(wf, step.model) if step.model else ""},
         {"name": "AGENTSCALE_TRITON_GRPC_PORT", "value": "8001"},
-        {"name": "AGENTSCALE_TRITON_HTTP_PORT", "value": "8000"},
         {"name": "AGENTSCALE_CONCURRENCY", "value": str(step.concurrency)},
         {"name": "AGENTSCALE_BATCH_MAX_SIZE", "value": str(step.batch.maxSize)},
         {"name": "AGENTSCALE_BATCH_MAX_WAIT_MS", "value": str(step.batch.maxWaitMs)},
@@ -143,11 +142,6 @@ def _deployment(
     }
 
 
-def managed_replicas(mode: ScalingMode, replicas: int) -> int | None:
-    """Replicas the operator writes; None where an autoscaler owns the field (hpa, queue, slo)."""
-    return replicas if mode == ScalingMode.fixed else None
-
-
 def step_deployment(wf: AgentWorkflow, step: Step) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": "worker",
@@ -172,7 +166,7 @@ def step_deployment(wf: AgentWorkflow, step: Step) -> dict[str, Any]:
         L.child_name(wf, step.name),
         L.STEP,
         step.name,
-        managed_replicas(step.scaling.mode, step.scaling.replicas),
+        step.scaling.rendered_replicas(),
         template,
         step.gpu,
     )

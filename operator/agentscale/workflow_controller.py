@@ -1,28 +1,42 @@
-"""The operator's domain: reconcile one workflow, keep its status current. kopf wiring lives in handlers.py.
+"""The workflow controller: reconcile each AgentWorkflow to its children and keep its status current.
 
-State kept in memory is only a cache of what the API server says (kopf indexes) plus what this process last
+kopf is used for its watches and indexes (``handlers.py`` wires events in; ``cache.py`` reads the indexes);
+the reconciles run on this module's own work queue, with our own retries (jittered exponential backoff)
+rather than kopf's, because kopf's per-object handler machinery (diff-base, progress annotations, a PATCH per
+retry) was the largest cost at a thousand workflows (docs/benchmarks.md, operator section).
+
+State kept in memory is only a cache of what the API server says plus what this process last rendered and
 wrote; every decision is recomputed from it, so a restart converges to the same result.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from agentscale.api.models import API_VERSION, KIND, AgentWorkflow
 from agentscale.api.validation import InvalidSpec, parse_spec
+from agentscale.cache import ClusterCache, Key
+from agentscale.drift import drifted_fields, live_digest
 from agentscale.kube import ApiError, KubeClient
-from agentscale.reconcile import ExistingChild, Outcome, Plan, execute, plan_children
-from agentscale.render import ChildKey, render_workflow
-from agentscale.status import DeploymentSummary, Observed, PendingPod, compute_status, status_patch
+from agentscale.reconcile import Outcome, Plan, execute, plan_children
+from agentscale.render import ChildKey, child_key, render_workflow
+from agentscale.render import labels as L
+from agentscale.status import Observed, compute_status, status_patch
 
 log = logging.getLogger("agentscale")
 
-Key = tuple[str, str]  # (namespace, workflow name)
+# Conditions that post a Warning Event when they turn True.
+ANNOUNCED_CONDITIONS = ("GPUCapacityShort", "Degraded")
+# A child that drifts again this soon after we put it back counts toward backing off.
+DRIFT_REPEAT_WINDOW_S = 60.0
+DRIFT_FREE_CORRECTIONS = 3
 
 
 @dataclass
@@ -31,6 +45,20 @@ class WorkflowState:
     workflow: AgentWorkflow | None
     problems: list[str] = field(default_factory=list)
     apply_error: str = ""
+
+
+@dataclass
+class Rendered:
+    """The children one generation of a workflow renders to, kept compact (JSON) for drift checks."""
+
+    generation: int
+    uid: str
+    workflow: AgentWorkflow | None
+    problems: list[str]
+    children: dict[ChildKey, bytes] = field(default_factory=dict)
+
+    def objects(self) -> list[dict[str, Any]]:
+        return [json.loads(raw) for raw in self.children.values()]
 
 
 def conditions_turned_true(
@@ -44,29 +72,28 @@ def conditions_turned_true(
     ]
 
 
-def _first(store: Any) -> Any:
-    for item in store or ():
-        return item
-    return None
-
-
-class Operator:
+class WorkflowController:
     """One per process; kept in kopf's memo."""
 
     def __init__(
         self,
         client: KubeClient,
+        cache: ClusterCache | None = None,
         debounce: float = 0.2,
         status_concurrency: int = 16,
         reconcile_workers: int = 16,
     ) -> None:
         self.client = client
+        self.cache = cache or ClusterCache()
         self.debounce = debounce
         self.status_concurrency = status_concurrency
         self.reconcile_workers = reconcile_workers
         self.state: dict[Key, WorkflowState] = {}
         self.written: dict[Key, dict[str, Any]] = {}
-        self.indexes: dict[str, Any] = {}
+        self.rendered: dict[Key, Rendered] = {}
+        self.verified: dict[Key, dict[ChildKey, str]] = {}  # live digest last found free of drift
+        self.drifted: dict[Key, dict[ChildKey, list[str]]] = {}
+        self.corrections: dict[tuple[Key, ChildKey], tuple[int, float]] = {}
         self.done_generation: dict[Key, int] = {}  # the generation last reconciled to completion
         self.failures: dict[Key, int] = {}
         self._dirty: set[Key] = set()
@@ -76,39 +103,82 @@ class Operator:
         self._running: set[Key] = set()
         self._again: set[Key] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._posts: set[asyncio.Future[None]] = set()  # Events posted from synchronous code
         self._closing = False
 
-    # ------------------------------------------------------------------ indexes (kopf gives them to handlers)
+    # ------------------------------------------------------------------ desired state
 
-    def bind(self, kwargs: Mapping[str, Any]) -> None:
-        for name, value in kwargs.items():
-            if name.endswith("_idx") and name not in self.indexes:
-                self.indexes[name] = value
-
-    def _values(self, index: str, key: Key) -> Iterable[Any]:
-        idx = self.indexes.get(index)
-        if idx is None or key not in idx:
-            return ()
-        return list(idx[key])
-
-    def existing_children(self, key: Key) -> dict[ChildKey, ExistingChild]:
-        out: dict[ChildKey, ExistingChild] = {}
-        for d in self._values("deployments_idx", key):
-            out[("Deployment", d.name)] = ExistingChild("Deployment", d.name, d.spec_hash, d.desired)
-        for index in ("configmaps_idx", "services_idx", "hpas_idx", "pdbs_idx"):
-            for c in self._values(index, key):
-                out[(c.kind, c.name)] = c
+    def render(self, key: Key, record: Mapping[str, Any]) -> Rendered:
+        """Parse and render one workflow; cached per generation (reconcile and drift checks share it)."""
+        have = self.rendered.get(key)
+        if have is not None and have.generation == record["generation"] and have.uid == record["uid"]:
+            return have
+        namespace, name = key
+        try:
+            parsed = parse_spec(record["spec"])
+        except InvalidSpec as exc:
+            out = Rendered(record["generation"], record["uid"], None, exc.problems)
+        else:
+            wf = AgentWorkflow(metadata={"name": name, "namespace": namespace}, spec=parsed)
+            objs = render_workflow(wf, record["uid"])
+            children = {child_key(o): json.dumps(o, separators=(",", ":")).encode() for o in objs}
+            out = Rendered(record["generation"], record["uid"], wf, [], children)
+        self.rendered[key] = out
         return out
 
-    def deployments(self, key: Key) -> list[DeploymentSummary]:
-        return list(self._values("deployments_idx", key))
+    def check_drift(self, key: Key, body: Mapping[str, Any]) -> None:
+        """A child changed: if a field we own no longer holds what we applied, schedule putting it back.
 
-    def pending(self, key: Key) -> list[PendingPod]:
-        return list(self._values("pods_idx", key))
+        Cheap for status-only updates (the live digest is unchanged); a child of an older generation is not
+        drift (the next reconcile re-applies it anyway).
+        """
+        meta = body.get("metadata") or {}
+        ck = (str(body.get("kind", "")), str(meta.get("name", "")))
+        digest = live_digest(body)
+        seen = self.verified.setdefault(key, {})
+        if seen.get(ck) == digest:
+            return
+        record = self.cache.workflow_record(key)
+        if record is None or record["deleting"]:
+            return
+        raw = self.render(key, record).children.get(ck)
+        if raw is None:
+            return  # not wanted (any more): pruning is the reconcile's job
+        want = json.loads(raw)
+        live_hash = (meta.get("annotations") or {}).get(L.HASH_ANNOTATION)
+        if live_hash != want["metadata"]["annotations"][L.HASH_ANNOTATION]:
+            return  # rendered from another generation (or its hash was edited): the plan re-applies it
+        fields = drifted_fields(want, body)
+        if not fields:
+            seen[ck] = digest
+            return
+        self.drifted.setdefault(key, {})[ck] = fields
+        self._schedule_correction(key, ck, fields)
 
-    def workflow_record(self, key: Key) -> Mapping[str, Any] | None:
-        record: Mapping[str, Any] | None = _first(self._values("workflows_idx", key))
-        return record
+    def _schedule_correction(self, key: Key, ck: ChildKey, fields: list[str]) -> None:
+        """Put a drifted child back now, or later when something keeps changing it (a webhook or another
+        controller fighting us): back off exponentially instead of writing in a tight loop."""
+        now = time.monotonic()
+        count, last = self.corrections.get((key, ck), (0, 0.0))
+        count = count + 1 if now - last < DRIFT_REPEAT_WINDOW_S else 1
+        self.corrections[(key, ck)] = (count, now)
+        if count <= DRIFT_FREE_CORRECTIONS:
+            self.schedule(key, force=True)
+            return
+        delay = min(300.0, 5.0 * 2 ** (count - DRIFT_FREE_CORRECTIONS - 1))
+        log.warning("%s/%s keeps drifting (%d corrections in a row); next in %.0fs", *ck, count, delay)
+        asyncio.get_running_loop().call_later(delay, self.schedule, key, True)
+        if count == DRIFT_FREE_CORRECTIONS + 1:
+            record = self.cache.workflow_record(key) or {}
+            msg = (
+                f"{ck[0]}/{ck[1]} was changed again right after being put back ({', '.join(fields)}): "
+                "something else writes these fields (another controller, a webhook, a script). "
+                "Corrections back off up to 5 minutes; change the AgentWorkflow instead."
+            )
+            uid = str(record.get("uid", ""))
+            post = asyncio.ensure_future(self.post(key, uid, "Warning", "DriftPersists", msg))
+            self._posts.add(post)
+            post.add_done_callback(self._posts.discard)
 
     # ------------------------------------------------------------------ reconcile
 
@@ -120,32 +190,33 @@ class Operator:
         except Exception as exc:
             log.warning("could not record event %s on %s/%s: %s", reason, key[0], key[1], exc)
 
-    async def reconcile(self, key: Key, spec: Mapping[str, Any], generation: int, uid: str) -> Outcome | None:
+    async def reconcile(self, key: Key, record: Mapping[str, Any]) -> Outcome | None:
         """Render, diff against the children that exist, apply the difference, refresh status.
 
         Invalid input never raises: it becomes a Degraded/InvalidSpec condition and a Warning Event.
-        Transient API errors raise ApiError (kopf retries with backoff).
+        Transient API errors raise ApiError (the work queue retries with backoff).
         """
-        namespace, name = key
-        try:
-            parsed = parse_spec(spec)
-        except InvalidSpec as exc:
-            changed = self.state.get(key, WorkflowState(-1, None)).problems != exc.problems
-            self.state[key] = WorkflowState(generation, None, exc.problems)
+        generation, uid = record["generation"], record["uid"]
+        rendered = self.render(key, record)
+        wf = rendered.workflow
+        if wf is None:
+            changed = self.state.get(key, WorkflowState(-1, None)).problems != rendered.problems
+            self.state[key] = WorkflowState(generation, None, rendered.problems)
             if changed:
-                await self.post(key, uid, "Warning", "InvalidSpec", "; ".join(exc.problems))
+                await self.post(key, uid, "Warning", "InvalidSpec", "; ".join(rendered.problems))
             await self.refresh(key)
             return None
-        wf = AgentWorkflow(metadata={"name": name, "namespace": namespace}, spec=parsed)
-        desired = render_workflow(wf, uid)
-        plan: Plan = plan_children(wf, desired, self.existing_children(key))
+        drifted = self.drifted.pop(key, {})
+        plan: Plan = plan_children(wf, rendered.objects(), self.cache.existing_children(key), drifted)
         outcome = Outcome()
         if not plan.empty:
-            outcome = await execute(self.client, namespace, plan)
+            outcome = await execute(self.client, key[0], plan)
         error = "; ".join(outcome.rejected)
         self.state[key] = WorkflowState(generation, wf, [], error)
         if outcome.rejected:
             await self.post(key, uid, "Warning", "ApplyFailed", error)
+        if plan.drifted:
+            await self.post(key, uid, "Normal", "DriftCorrected", "Put back " + "; ".join(plan.drifted))
         if outcome.applied or outcome.pruned:
             msg = f"Applied {len(outcome.applied)} objects"
             if outcome.pruned:
@@ -163,7 +234,7 @@ class Operator:
         """Ask for a reconcile of one workflow. Level-triggered and de-duplicated: a workflow whose
         generation was already reconciled is skipped (unless forced), one queued twice runs once, and one
         that changes while it is being reconciled runs again right after."""
-        record = self.workflow_record(key)
+        record = self.cache.workflow_record(key)
         if record is None or record["deleting"]:
             return
         if not force and self.done_generation.get(key) == record["generation"]:
@@ -183,12 +254,12 @@ class Operator:
         while not self._closing:
             key = await self._queue.get()
             self._queued.discard(key)
-            record = self.workflow_record(key)
+            record = self.cache.workflow_record(key)
             if record is None or record["deleting"]:
                 continue
             self._running.add(key)
             try:
-                await self.reconcile(key, record["spec"], record["generation"], record["uid"])
+                await self.reconcile(key, record)
                 self.done_generation[key] = record["generation"]
                 self.failures.pop(key, None)
             except asyncio.CancelledError:
@@ -211,7 +282,7 @@ class Operator:
 
     async def refresh(self, key: Key) -> None:
         st = self.state.get(key)
-        record = self.workflow_record(key)
+        record = self.cache.workflow_record(key)
         if st is None or record is None:
             return
         old = self.written.get(key) or record.get("status") or {}
@@ -220,8 +291,8 @@ class Operator:
             workflow=st.workflow,
             problems=st.problems,
             apply_error=st.apply_error,
-            deployments=self.deployments(key),
-            pending=self.pending(key),
+            deployments=self.cache.deployments(key),
+            pending=self.cache.pending(key),
             previous=old,
         )
         new = compute_status(obs)
@@ -236,16 +307,21 @@ class Operator:
                 return
             raise
         self.written[key] = {**old, **new}
-        for cond in conditions_turned_true(old, new, ("GPUCapacityShort", "Degraded")):
+        for cond in conditions_turned_true(old, new, ANNOUNCED_CONDITIONS):
             if cond.get("reason") != "InvalidSpec":  # already announced by reconcile
                 await self.post(key, str(record.get("uid", "")), "Warning", cond["reason"], cond["message"])
 
     def forget(self, key: Key) -> None:
         self.state.pop(key, None)
         self.written.pop(key, None)
+        self.rendered.pop(key, None)
+        self.verified.pop(key, None)
+        self.drifted.pop(key, None)
         self.done_generation.pop(key, None)
         self.failures.pop(key, None)
         self._dirty.discard(key)
+        for ck in [c for c in self.corrections if c[0] == key]:
+            del self.corrections[ck]
 
     async def run(self) -> None:
         """The status loop: wake on child events, wait a beat so bursts coalesce, refresh what changed."""

@@ -1,0 +1,111 @@
+"""Drift: fields we apply that someone changed by hand. Pure: a desired object and a live one in, paths out.
+
+Only what the operator renders is compared, so fields the API server defaults, and fields other managers
+own (an HPA's ``spec.replicas`` in mode hpa: the renderer leaves the field out), never count as drift. Lists
+of named items (containers, env, ports, volumes) are matched by name, and items someone else added are left
+alone (server-side apply would leave them too); other lists are compared item by item. Quantities compare by
+value, since the API server writes ``0.5`` back as ``500m``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+# Everything a person can edit on our children except status and bookkeeping.
+_COMPARED_META = ("labels", "annotations", "ownerReferences")
+_IGNORED_TOP = ("apiVersion", "kind", "metadata", "status")
+
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$")
+_SUFFIX = {
+    "": Decimal(1),
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+}
+
+
+def quantity(value: Any) -> Decimal | None:
+    """A Kubernetes quantity's value, or None if ``value`` is not one."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    m = _QUANTITY.match(str(value))
+    if not m:
+        return None
+    try:
+        return Decimal(m.group(1)) * _SUFFIX[m.group(2) or ""]
+    except InvalidOperation:
+        return None
+
+
+def live_digest(body: Mapping[str, Any]) -> str:
+    """A hash of what a person could have edited: labels, annotations, owners and everything but status.
+
+    Status-only updates (most events of a Deployment) keep it, so they skip the comparison entirely.
+    """
+    meta = body.get("metadata") or {}
+    part = {k: meta.get(k) for k in _COMPARED_META}
+    part.update({k: v for k, v in body.items() if k not in _IGNORED_TOP})
+    raw = json.dumps(part, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()
+
+
+def _same_scalar(want: Any, have: Any) -> bool:
+    if want == have and type(want) is type(have):
+        return True
+    if isinstance(want, str | int) and isinstance(have, str | int) and not isinstance(want, bool):
+        a, b = quantity(want), quantity(have)
+        return a is not None and a == b
+    return False
+
+
+def _named(items: list[Any]) -> bool:
+    return bool(items) and all(isinstance(i, Mapping) and "name" in i for i in items)
+
+
+def _diff(want: Any, have: Any, path: str, out: list[str]) -> None:
+    if isinstance(want, Mapping):
+        if not isinstance(have, Mapping):
+            out.append(path)
+            return
+        for k, v in want.items():
+            _diff(v, have.get(k), f"{path}.{k}" if path else str(k), out)
+    elif isinstance(want, list):
+        if not isinstance(have, list):
+            out.append(path)
+        elif _named(want) and all(isinstance(i, Mapping) for i in have):
+            by_name = {i.get("name"): i for i in have}
+            for item in want:
+                _diff(item, by_name.get(item["name"]), f"{path}[{item['name']}]", out)
+        elif len(want) != len(have):
+            out.append(path)
+        else:
+            for i, (w, h) in enumerate(zip(want, have, strict=True)):
+                _diff(w, h, f"{path}[{i}]", out)
+    elif not _same_scalar(want, have):
+        out.append(path)
+
+
+def drifted_fields(desired: Mapping[str, Any], live: Mapping[str, Any]) -> list[str]:
+    """Paths (``spec.template.spec.containers[worker].image``) where ``live`` no longer holds what
+    ``desired`` sets. Empty when nothing we own was changed."""
+    out: list[str] = []
+    want_meta, have_meta = desired.get("metadata") or {}, live.get("metadata") or {}
+    for k in _COMPARED_META:
+        if k in want_meta:
+            _diff(want_meta[k], have_meta.get(k), f"metadata.{k}", out)
+    for k, v in desired.items():
+        if k not in _IGNORED_TOP:
+            _diff(v, live.get(k), k, out)
+    return out
