@@ -34,7 +34,8 @@ def _on_signals(stop: Callable[[], None]) -> None:
 
 
 async def _step(args: argparse.Namespace) -> None:
-    from .runtime import StepWorker, load_handler
+    from .handler import load_handler
+    from .runtime import StepWorker
 
     overrides: dict[str, Any] = {}
     if args.step:
@@ -52,7 +53,7 @@ async def _step(args: argparse.Namespace) -> None:
 
 async def _gateway(args: argparse.Namespace) -> None:
     from .gateway import Gateway
-    from .runtime import load_handler
+    from .handler import load_handler
 
     overrides: dict[str, Any] = {}
     if args.metrics_port is not None:

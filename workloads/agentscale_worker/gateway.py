@@ -27,11 +27,12 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import ResponseError
 
-from . import keys, metrics, scripts
+from . import metrics, streams
+from .admission import RateMeter, admit, priority_share
 from .aio import stop_tasks
 from .config import Settings
-from .policies import LANES, RateMeter, admit, lane_of, priority_share
-from .runtime import REDIS_ERRORS, ensure_group, redis_client
+from .lanes import LANES, lane_of
+from .streams import REDIS_ERRORS, ensure_group, redis_client
 
 log = logging.getLogger(__name__)
 MAX_BODY = 4 * 1024 * 1024
@@ -82,12 +83,13 @@ class Gateway:
         self.settings = settings
         self.validator = validator
         self.min_backlog = min_backlog
-        self.prefix = keys.prefix(settings.namespace, settings.workflow)
+        self.prefix = streams.prefix(settings.namespace, settings.workflow)
         self.sources = {
-            lane: [keys.step_stream(self.prefix, s, lane) for s in settings.graph.sources] for lane in LANES
+            lane: [streams.step_stream(self.prefix, s, lane) for s in settings.graph.sources]
+            for lane in LANES
         }
         self.redis = redis_client(settings.redis_url)
-        self._submit = self.redis.register_script(scripts.SUBMIT)
+        self._submit = self.redis.register_script(streams.SUBMIT)
         self._waiters: dict[str, asyncio.Future[str]] = {}
         self._meter = RateMeter(window_s=2.0)
         self._backlog = 0
@@ -111,7 +113,7 @@ class Gateway:
         """Start background loops and the HTTP server; returns the bound port (``port=0``: any free)."""
         for step in self.settings.graph.steps:
             with contextlib.suppress(*REDIS_ERRORS):
-                for stream in keys.step_streams(self.prefix, step, LANES):
+                for stream in streams.step_streams(self.prefix, step, LANES):
                     await ensure_group(self.redis, stream)
         self._bg = [asyncio.create_task(self._results_loop()), asyncio.create_task(self._backlog_loop())]
         runner = web.AppRunner(self.app(), access_log=None)
@@ -137,7 +139,7 @@ class Gateway:
 
     async def _results_loop(self) -> None:
         """Follow the results stream; wake the waiting synchronous requests; measure throughput."""
-        stream = keys.results(self.prefix)
+        stream = streams.results(self.prefix)
         last = "0-0"
         failures = 0
         while not self._closing:
@@ -165,7 +167,7 @@ class Gateway:
                         fut.set_result(fields.get("status", "done"))
 
     async def _backlog_loop(self) -> None:
-        key = keys.inflight(self.prefix)
+        key = streams.inflight(self.prefix)
         while not self._closing:
             with contextlib.suppress(*REDIS_ERRORS, ValueError):
                 self._backlog = int(await self.redis.get(key) or 0)
@@ -212,7 +214,7 @@ class Gateway:
         p = self.prefix
         data = json.dumps(req["input"], separators=(",", ":"))
         lane = lane_of(req["priority"], self.settings.priority)
-        ks = [keys.run(p, req["run_id"]), keys.inflight(p), *self.sources[lane]]
+        ks = [streams.run(p, req["run_id"]), streams.inflight(p), *self.sources[lane]]
         args = [req["run_id"], data, f"{time.time():.6f}", req["priority"], self.settings.result_ttl_s]
         args.append(self.settings.stream_maxlen)
         created = int(await self._submit(keys=ks, args=args))
@@ -275,7 +277,7 @@ class Gateway:
         )
 
     async def _state(self, run_id: str) -> dict[str, Any]:
-        h = await self.redis.hmget(keys.run(self.prefix, run_id), ["status", "result", "error"])
+        h = await self.redis.hmget(streams.run(self.prefix, run_id), ["status", "result", "error"])
         status, result, error = h
         if status is None:
             return {}

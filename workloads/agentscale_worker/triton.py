@@ -1,8 +1,8 @@
 """Client side toward Triton: endpoint discovery, load balancing and micro-batching.
 
 ``ModelClient.infer`` takes ONE sample (arrays without the batch axis) and returns that sample's outputs.
-Concurrent calls are grouped into one Triton request by :class:`~agentscale_worker.policies.BatchPolicy`
-(max size, max wait); a batch goes to the endpoint the :class:`~agentscale_worker.policies.Balancer`
+Concurrent calls are grouped into one Triton request by :class:`~agentscale_worker.batching.BatchWindow`
+(max size, max wait); a batch goes to the endpoint the :class:`~agentscale_worker.balancing.Balancer`
 picks (least-outstanding, power-of-two, round-robin, or least-latency, which also learns each endpoint's
 latency). Endpoints come from DNS of the model's headless Service (every pod IP), re-resolved periodically,
 or from a fixed ``host:port,host:port`` list (tests, benchmarks)."""
@@ -25,7 +25,8 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from . import metrics
 from .aio import stop_tasks
-from .policies import Balancer, BatchPolicy
+from .balancing import Balancer
+from .batching import BatchWindow
 
 log = logging.getLogger(__name__)
 Arrays = dict[str, npt.NDArray[Any]]
@@ -68,7 +69,7 @@ class ModelClient:
         model: str,
         host: str,
         port: int = 8001,
-        policy: BatchPolicy | None = None,
+        batching: BatchWindow | None = None,
         strategy: str = "least-outstanding",
         labels: tuple[str, str] = ("local", ""),
         dns_refresh_s: float = 5.0,
@@ -77,7 +78,7 @@ class ModelClient:
         self.model = model
         self.host = host
         self.port = port
-        self.policy = policy or BatchPolicy()
+        self.batching = batching or BatchWindow()
         self.balancer = Balancer(strategy)
         self.labels = labels
         self.dns_refresh_s = dns_refresh_s
@@ -143,15 +144,15 @@ class ModelClient:
                 await self._wake.wait()
                 continue
             age = time.monotonic() - self._queue[0].t
-            if self.policy.flush_now(len(self._queue), age):
-                items = [self._queue.popleft() for _ in range(self.policy.take(len(self._queue)))]
+            if self.batching.flush_now(len(self._queue), age):
+                items = [self._queue.popleft() for _ in range(self.batching.take(len(self._queue)))]
                 task = asyncio.create_task(self._send(items))
                 self._sends.add(task)
                 task.add_done_callback(self._sends.discard)
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.policy.wait_left_s(age))
+                await asyncio.wait_for(self._wake.wait(), self.batching.wait_left_s(age))
 
     async def _send(self, items: list[_Item]) -> None:
         try:

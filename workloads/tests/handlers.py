@@ -6,7 +6,8 @@ import asyncio
 from typing import Any
 
 from agentscale_worker.examples import recommendation
-from agentscale_worker.runtime import PermanentError, redis_client
+from agentscale_worker.handler import PermanentError
+from agentscale_worker.streams import redis_client
 
 _gate_clients: dict[tuple[str, asyncio.AbstractEventLoop], Any] = {}  # the loop itself: ids get reused
 

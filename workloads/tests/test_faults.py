@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from agentscale_worker import keys, metrics
+from agentscale_worker import metrics, streams
 from agentscale_worker.config import Graph
 from agentscale_worker.examples import (
     VALIDATORS,
@@ -21,8 +21,10 @@ from agentscale_worker.examples import (
     run_local,
     sample_input,
 )
+from agentscale_worker.handler import load_handler
 from agentscale_worker.local import RedisServer, TritonServer, free_port, wait_until
-from agentscale_worker.runtime import StepWorker, load_handler, redis_client
+from agentscale_worker.runtime import StepWorker
+from agentscale_worker.streams import redis_client
 
 from .conftest import assert_close, base_settings, example_flow, start_flow, worker_env
 
@@ -56,10 +58,10 @@ async def test_sigkill_worker_mid_batch_every_run_completes_once(
             replies = await asyncio.gather(*(flow.post("/v1/runs", {"input": x}) for x in inputs))
             run_ids = [b["run_id"] for code, _, b in replies if code == 202]
             assert len(run_ids) == 30
-            stream = keys.step_stream(flow.gateway.prefix, "encode")
+            stream = streams.step_stream(flow.gateway.prefix, "encode")
 
             async def victim_holds_a_full_window() -> bool:
-                return int((await r.xpending(stream, keys.GROUP))["pending"]) == 8
+                return int((await r.xpending(stream, streams.GROUP))["pending"]) == 8
 
             await wait_until(victim_holds_a_full_window, 30, what="victim took 8 messages")
             victim.send_signal(signal.SIGKILL)
@@ -76,7 +78,7 @@ async def test_sigkill_worker_mid_batch_every_run_completes_once(
             await wait_until(lambda: _all_done(flow, run_ids), 60, 0.05, "all runs finished")
             reclaimed = sum(w.processed for w in rescue.workers)
             assert reclaimed == 30  # 8 reclaimed from the dead consumer + 22 never delivered
-        results = await r.xrange(keys.results(flow.gateway.prefix))
+        results = await r.xrange(streams.results(flow.gateway.prefix))
         per_run: dict[str, int] = {}
         for _, f in results:
             per_run[f["run"]] = per_run.get(f["run"], 0) + 1
@@ -85,7 +87,7 @@ async def test_sigkill_worker_mid_batch_every_run_completes_once(
             _, state = await flow.get(f"/v1/runs/{rid}")
             assert state["status"] == "done"
             assert_close(state["output"], await run_local(wf, x))
-        assert await r.xlen(keys.dead_letter(flow.gateway.prefix, "encode")) == 0
+        assert await r.xlen(streams.dead_letter(flow.gateway.prefix, "encode")) == 0
     await r.aclose()
 
 
@@ -148,7 +150,7 @@ async def test_poison_message_dead_lettered_after_n_tries_without_blocking(redis
         assert code == 500 and body["status"] == "failed"
         assert "poison message -1" in body["error"]
         r = redis_client(redis_server.url)
-        dlq = await r.xrange(keys.dead_letter(flow.gateway.prefix, "a"))
+        dlq = await r.xrange(streams.dead_letter(flow.gateway.prefix, "a"))
         assert len(dlq) == 1
         entry = dlq[0][1]
         assert entry["attempts"] == "3" and "ValueError: poison message -1" in entry["error"]
@@ -156,9 +158,9 @@ async def test_poison_message_dead_lettered_after_n_tries_without_blocking(redis
         # a PermanentError skips the retries
         code, _, body = await flow.post("/v1/runs/sync", {"input": {"permanent": True}})
         assert code == 500
-        dlq = await r.xrange(keys.dead_letter(flow.gateway.prefix, "a"))
+        dlq = await r.xrange(streams.dead_letter(flow.gateway.prefix, "a"))
         assert dlq[-1][1]["attempts"] == "1"
-        pending = await r.xpending(keys.step_stream(flow.gateway.prefix, "a"), keys.GROUP)
+        pending = await r.xpending(streams.step_stream(flow.gateway.prefix, "a"), streams.GROUP)
         assert pending["pending"] == 0
         await r.aclose()
 
@@ -184,7 +186,7 @@ async def test_malformed_payloads_get_4xx_naming_the_problem(redis_server: Redis
                 assert code == status, (raw, body)
                 assert text in body["error"], (raw, body)
         r = redis_client(redis_server.url)
-        assert await r.xlen(keys.step_stream(f.gateway.prefix, "detect")) == 0  # nothing was enqueued
+        assert await r.xlen(streams.step_stream(f.gateway.prefix, "detect")) == 0  # nothing was enqueued
         await r.aclose()
 
 
@@ -218,10 +220,10 @@ async def test_sigterm_drains_in_flight_messages(redis_server: RedisServer) -> N
         proc = await asyncio.create_subprocess_exec(*cmd, env=worker_env(s, "a"))
         try:
             ids = [(await flow.post("/v1/runs", {"input": {"i": i}}))[2]["run_id"] for i in range(6)]
-            stream = keys.step_stream(flow.gateway.prefix, "a")
+            stream = streams.step_stream(flow.gateway.prefix, "a")
 
             async def holding() -> bool:
-                return int((await r.xpending(stream, keys.GROUP))["pending"]) == 4
+                return int((await r.xpending(stream, streams.GROUP))["pending"]) == 4
 
             await wait_until(holding, 20, what="worker holds 4")
             proc.send_signal(signal.SIGTERM)
@@ -231,7 +233,7 @@ async def test_sigterm_drains_in_flight_messages(redis_server: RedisServer) -> N
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-        assert int((await r.xpending(stream, keys.GROUP))["pending"]) == 0
+        assert int((await r.xpending(stream, streams.GROUP))["pending"]) == 0
         done = [(await flow.get(f"/v1/runs/{i}"))[1]["status"] for i in ids]
         assert done.count("done") == 4 and done.count("queued") == 2  # drained 4, took no new ones
     await r.aclose()
@@ -245,13 +247,13 @@ async def test_slow_messages_are_not_stolen_by_a_healthy_peer(redis_server: Redi
     fast = dict(claim_idle_ms=1000, claim_interval_s=0.05, concurrency=8)  # heartbeat every 333 ms
     async with start_flow(redis_server, "slow", {"a": f"{H}:gated_echo"}, ONE_STEP, **fast) as flow:
         r = redis_client(redis_server.url)
-        stream = keys.step_stream(flow.gateway.prefix, "a")
+        stream = streams.step_stream(flow.gateway.prefix, "a")
         replies = await asyncio.gather(*(flow.post("/v1/runs", {"input": {"n": i}}) for i in range(5)))
         run_ids = [b["run_id"] for code, _, b in replies if code == 202]
         assert len(run_ids) == 5
 
         async def first_holds_all() -> bool:
-            return int((await r.xpending(stream, keys.GROUP))["pending"]) == 5
+            return int((await r.xpending(stream, streams.GROUP))["pending"]) == 5
 
         await wait_until(first_holds_all, 10, what="the first worker took all 5")
         s = replace(base_settings(redis_server, "slow", ONE_STEP, **fast), step="a", consumer="peer")
@@ -265,9 +267,9 @@ async def test_slow_messages_are_not_stolen_by_a_healthy_peer(redis_server: Redi
             await peer.drain()
         assert peer.processed == 0
         assert flow.workers[0].processed == 5
-        for entry in await r.xpending_range(stream, keys.GROUP, "-", "+", 10):
+        for entry in await r.xpending_range(stream, streams.GROUP, "-", "+", 10):
             raise AssertionError(f"still pending: {entry}")
-        results = await r.xrange(keys.results(flow.gateway.prefix))
+        results = await r.xrange(streams.results(flow.gateway.prefix))
         assert sorted(f["run"] for _, f in results) == sorted(run_ids)
         await r.aclose()
 
@@ -343,7 +345,7 @@ async def test_model_outage_does_not_spend_deliveries(
                 assert state["status"] == "done", state
                 want = await recommendation.encode(LocalContext("query-encoder"), x)
                 assert_close(state["output"], {"encode": want})
-            assert await r.xlen(keys.dead_letter(flow.gateway.prefix, "encode")) == 0
+            assert await r.xlen(streams.dead_letter(flow.gateway.prefix, "encode")) == 0
         # the budget bounds the wait: a model that never comes back dead-letters the message, saying why
         kw: dict[str, Any] = dict(max_deliveries=1, model_unavailable_budget_s=1.0)
         async with start_flow(redis_server, "gone", {}, ENCODE_ONLY, **kw) as flow:
@@ -351,7 +353,7 @@ async def test_model_outage_does_not_spend_deliveries(
             code, _, body = await flow.post("/v1/runs/sync", {"input": inputs[0], "timeout_ms": 20_000})
             assert code == 500 and body["status"] == "failed", body
             assert "model unavailable" in body["error"] and "past the budget" in body["error"], body
-            assert await r.xlen(keys.dead_letter(flow.gateway.prefix, "encode")) == 1
+            assert await r.xlen(streams.dead_letter(flow.gateway.prefix, "encode")) == 1
     finally:
         await outage.close()
         await r.aclose()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from agentscale_worker import keys, metrics
+from agentscale_worker import metrics, streams
 from agentscale_worker.config import Graph
+from agentscale_worker.consume import entries_of
+from agentscale_worker.handler import load_handler
+from agentscale_worker.lanes import LANES, lane_of
 from agentscale_worker.local import RedisServer, wait_until
-from agentscale_worker.policies import LANES, lane_of
-from agentscale_worker.runtime import StepWorker, load_handler, redis_client
+from agentscale_worker.runtime import StepWorker
+from agentscale_worker.streams import redis_client
 
 from .conftest import base_settings, start_flow
 
@@ -34,7 +37,11 @@ async def test_higher_priority_runs_overtake_the_queue(redis_server: RedisServer
 
         async def first_taken() -> bool:
             return (
-                int((await r.xpending(keys.step_stream(flow.gateway.prefix, "a"), keys.GROUP))["pending"])
+                int(
+                    (await r.xpending(streams.step_stream(flow.gateway.prefix, "a"), streams.GROUP))[
+                        "pending"
+                    ]
+                )
                 == 1
             )
 
@@ -50,7 +57,7 @@ async def test_higher_priority_runs_overtake_the_queue(redis_server: RedisServer
         await r.set("gate", "1")
 
         async def finished() -> list[str]:
-            return [names[f["run"]] for _, f in await r.xrange(keys.results(flow.gateway.prefix))]
+            return [names[f["run"]] for _, f in await r.xrange(streams.results(flow.gateway.prefix))]
 
         async def all_finished() -> bool:
             return len(await finished()) == 7
@@ -59,8 +66,8 @@ async def test_higher_priority_runs_overtake_the_queue(redis_server: RedisServer
         # n0 was already being worked on; then the high lane, in arrival order; normal; low last
         assert await finished() == ["n0", "h1", "h2", "n1", "n2", "l1", "l2"]
         # the next step's messages kept the run's lane
-        assert await r.xlen(keys.step_stream(flow.gateway.prefix, "b", "high")) == 2
-        assert await r.xlen(keys.step_stream(flow.gateway.prefix, "b", "low")) == 2
+        assert await r.xlen(streams.step_stream(flow.gateway.prefix, "b", "high")) == 2
+        assert await r.xlen(streams.step_stream(flow.gateway.prefix, "b", "low")) == 2
         await r.aclose()
 
 
@@ -71,11 +78,11 @@ async def test_entries_read_beyond_the_free_slots_are_held_highest_lane_first(
     s = base_settings(redis_server, "prio", TWO_STEPS, step="a", priority=2)
     w = StepWorker(s, load_handler(f"{H}:gated_echo"))
     started: list[str] = []
-    w._spawn = lambda stream, msg_id, fields, before: started.append(msg_id)  # type: ignore[method-assign]
+    w.inflight.spawn = lambda stream, msg_id, fields, before: started.append(msg_id)  # type: ignore[method-assign]
     high, normal, low = w.streams
     resp = [(low, [("3-0", {})]), (normal, [("2-0", {})]), (high, [("1-0", {}), ("1-1", {})])]
-    assert w._take(resp, 2) == 4
+    assert w.inflight.take(entries_of(resp), 2) == 4
     assert started == ["1-0", "1-1"]
-    assert [(st, i) for st, i, _ in w._held] == [(normal, "2-0"), (low, "3-0")]
-    assert w._inflight_ids[normal] == {"2-0"} and w._inflight_ids[low] == {"3-0"}  # heartbeated while held
+    assert [(st, i) for st, i, _ in w.inflight.held] == [(normal, "2-0"), (low, "3-0")]
+    assert w.inflight.ids[normal] == {"2-0"} and w.inflight.ids[low] == {"3-0"}  # heartbeated while held
     await w.redis.aclose()

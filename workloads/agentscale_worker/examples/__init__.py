@@ -48,7 +48,7 @@ def graph(workflow: str, p95_ms: int = 1000, rps: float = 0.0, priority: int = 0
 
 async def run_local(workflow: str, payload: Any) -> dict[str, Any]:
     """The same computation without queue or Triton: each handler in DAG order, models called directly."""
-    from ..runtime import load_handler
+    from ..handler import load_handler
 
     g = graph(workflow)
     outputs: dict[str, Any] = {}

@@ -7,11 +7,12 @@ import json
 from typing import Any
 
 import numpy as np
-from agentscale_worker import keys
+from agentscale_worker import streams
+from agentscale_worker.batching import BatchWindow
 from agentscale_worker.examples import graph
 from agentscale_worker.local import RedisServer
-from agentscale_worker.policies import BatchPolicy
-from agentscale_worker.runtime import StepWorker, ensure_group, redis_client
+from agentscale_worker.runtime import StepWorker
+from agentscale_worker.streams import ensure_group, redis_client
 from agentscale_worker.triton import Arrays, ModelClient
 
 from .conftest import base_settings
@@ -24,22 +25,24 @@ async def _noop(ctx: Any, payload: Any) -> Any:
 async def test_join_publishes_once_when_all_predecessors_arrive(redis_server: RedisServer) -> None:
     g = graph("driving-perception")
     r = redis_client(redis_server.url)
-    p = keys.prefix("test", "wf")
+    p = streams.prefix("test", "wf")
     base = base_settings(redis_server, "wf", g)
     track = StepWorker(base_settings(redis_server, "wf", g, step="track"), _noop)
     depth = StepWorker(base_settings(redis_server, "wf", g, step="estimate-depth"), _noop)
     for w in (track, depth):
         await ensure_group(r, w.stream)
-    plan = keys.step_stream(p, "plan")
-    await r.hset(keys.run(p, "r1"), "status", "queued")
+    plan = streams.step_stream(p, "plan")
+    await r.hset(streams.run(p, "r1"), "status", "queued")
     ids = {}
     for w in (track, depth):
         ids[w] = await r.xadd(w.stream, {"run": "r1", "data": "{}", "t0": "0", "prio": "0", "from": "detect"})
-        await r.xreadgroup(keys.GROUP, "c", {w.stream: ">"})
-    assert await track._publish(ids[track], {"t0": "0"}, "r1", '{"tracks":[1]}') == 1
+        await r.xreadgroup(streams.GROUP, "c", {w.stream: ">"})
+    assert await track.publisher.complete(ids[track], {"t0": "0"}, "r1", '{"tracks":[1]}') == 1
     assert await r.xlen(plan) == 0  # waiting for the other branch
-    assert await track._publish(ids[track], {"t0": "0"}, "r1", '{"tracks":[1]}') == 0  # duplicate: no-op
-    assert await depth._publish(ids[depth], {"t0": "0"}, "r1", '{"depths":[2.5]}') == 1
+    assert (
+        await track.publisher.complete(ids[track], {"t0": "0"}, "r1", '{"tracks":[1]}') == 0
+    )  # duplicate: no-op
+    assert await depth.publisher.complete(ids[depth], {"t0": "0"}, "r1", '{"depths":[2.5]}') == 1
     entries = await r.xrange(plan)
     assert len(entries) == 1
     assert json.loads(entries[0][1]["data"]) == {
@@ -47,10 +50,10 @@ async def test_join_publishes_once_when_all_predecessors_arrive(redis_server: Re
         "estimate-depth": {"depths": [2.5]},
     }
     assert entries[0][1]["from"] == "*"
-    assert await depth._publish(ids[depth], {"t0": "0"}, "r1", '{"depths":[2.5]}') == 0
+    assert await depth.publisher.complete(ids[depth], {"t0": "0"}, "r1", '{"depths":[2.5]}') == 0
     assert await r.xlen(plan) == 1
     for w in (track, depth):
-        assert (await r.xpending(w.stream, keys.GROUP))["pending"] == 0
+        assert (await r.xpending(w.stream, streams.GROUP))["pending"] == 0
         await w.drain()
     assert base.graph.sinks == ("plan",)
     await r.aclose()
@@ -61,16 +64,16 @@ async def test_sink_completes_run_once(redis_server: RedisServer) -> None:
     r = redis_client(redis_server.url)
     w = StepWorker(base_settings(redis_server, "wf", g, step="rank"), _noop)
     await ensure_group(r, w.stream)
-    await r.set(keys.inflight(w.prefix), 1)
-    await r.hset(keys.run(w.prefix, "r9"), "status", "queued")
+    await r.set(streams.inflight(w.prefix), 1)
+    await r.hset(streams.run(w.prefix, "r9"), "status", "queued")
     mid = await r.xadd(w.stream, {"run": "r9", "data": "{}"})
-    await r.xreadgroup(keys.GROUP, "c", {w.stream: ">"})
-    assert await w._publish(mid, {"t0": "0"}, "r9", '{"items":[]}') == 3  # published and finished
-    assert await w._publish(mid, {"t0": "0"}, "r9", '{"items":[]}') == 0
-    run = await r.hgetall(keys.run(w.prefix, "r9"))
+    await r.xreadgroup(streams.GROUP, "c", {w.stream: ">"})
+    assert await w.publisher.complete(mid, {"t0": "0"}, "r9", '{"items":[]}') == 3  # published and finished
+    assert await w.publisher.complete(mid, {"t0": "0"}, "r9", '{"items":[]}') == 0
+    run = await r.hgetall(streams.run(w.prefix, "r9"))
     assert run["status"] == "done" and json.loads(run["result"]) == {"rank": {"items": []}}
-    assert await r.xlen(keys.results(w.prefix)) == 1
-    assert await r.get(keys.inflight(w.prefix)) == "0"
+    assert await r.xlen(streams.results(w.prefix)) == 1
+    assert await r.get(streams.inflight(w.prefix)) == "0"
     await w.drain()
     await r.aclose()
 
@@ -78,8 +81,8 @@ async def test_sink_completes_run_once(redis_server: RedisServer) -> None:
 class _Recorder(ModelClient):
     """Stands in for Triton in this unit test of the batching loop: doubles its input."""
 
-    def __init__(self, policy: BatchPolicy) -> None:
-        super().__init__("m", "127.0.0.1:1", policy=policy)
+    def __init__(self, batching: BatchWindow) -> None:
+        super().__init__("m", "127.0.0.1:1", batching=batching)
         self.seen: list[int] = []
 
     async def infer_batch(self, batch: Arrays) -> Arrays:
@@ -89,7 +92,7 @@ class _Recorder(ModelClient):
 
 
 async def test_micro_batching_groups_concurrent_samples() -> None:
-    client = _Recorder(BatchPolicy(max_size=4, max_wait_s=0.05))
+    client = _Recorder(BatchWindow(max_size=4, max_wait_s=0.05))
     await client.start()
     outs = await asyncio.gather(*(client.infer({"X": np.array([i], dtype=np.float32)}) for i in range(10)))
     assert [float(o["Y"][0]) for o in outs] == [2.0 * i for i in range(10)]

@@ -1,6 +1,5 @@
-"""Pure policies of the data plane, no I/O: backoff, micro-batching, load balancing, admission control.
-
-Each is a plain function or a small class with explicit inputs (time, randomness) so unit tests drive it."""
+"""Load balancing over model-server replicas: which endpoint gets the next request (pure; time and randomness
+are injectable for tests)."""
 
 from __future__ import annotations
 
@@ -8,41 +7,6 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-
-# ---- retries -----------------------------------------------------------------------------------------
-
-
-def backoff_s(attempt: int, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(max, base * 2**(attempt-1))].
-
-    ``attempt`` counts from 1 (the wait after the first failure)."""
-    cap = min(max_s, base_s * (2 ** max(0, attempt - 1)))
-    return (rng or random).uniform(0, cap)
-
-
-# ---- client-side micro-batching ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BatchPolicy:
-    max_size: int = 1
-    max_wait_s: float = 0.0
-
-    def flush_now(self, queued: int, oldest_age_s: float) -> bool:
-        """Send a batch now? Yes when full, or when the oldest item has waited ``max_wait_s``."""
-        if queued <= 0:
-            return False
-        return queued >= self.max_size or oldest_age_s >= self.max_wait_s
-
-    def wait_left_s(self, oldest_age_s: float) -> float:
-        return max(0.0, self.max_wait_s - oldest_age_s)
-
-    def take(self, queued: int) -> int:
-        return min(queued, self.max_size)
-
-
-# ---- load balancing ----------------------------------------------------------------------------------
 
 STRATEGIES = ("least-outstanding", "power-of-two", "round-robin", "least-latency", "peak-ewma")
 
@@ -148,85 +112,3 @@ class Balancer:
             if latency_s is not None:
                 now = time.monotonic() if now is None else now
                 self.observe(endpoint, latency_s / max(1, depth) if self.per_request else latency_s, now)
-
-
-# ---- priority lanes ----------------------------------------------------------------------------------
-
-LANES = ("high", "normal", "low")  # every step has one stream per lane; workers drain them in this order
-
-
-def lane_of(priority: int, workflow_priority: int) -> str:
-    """The lane of a run: above the workflow's own priority is ``high``, below it ``low``."""
-    if priority > workflow_priority:
-        return "high"
-    if priority < workflow_priority:
-        return "low"
-    return "normal"
-
-
-# ---- admission control -------------------------------------------------------------------------------
-
-
-def priority_share(priority: int, workflow_priority: int) -> float:
-    """Fraction of the latency budget a request may use to queue.
-
-    Requests at or above the workflow's priority get all of it; each level below loses 10%, down to 50%,
-    so low-priority traffic is shed first when the queue grows."""
-    return max(0.5, 1.0 - 0.1 * max(0, workflow_priority - priority))
-
-
-@dataclass(frozen=True)
-class Admission:
-    admit: bool
-    estimated_ms: float
-    retry_after_s: int = 0
-
-
-def admit(
-    backlog: float,
-    throughput_rps: float,
-    p95_budget_ms: float,
-    share: float = 1.0,
-    min_backlog: int = 8,
-    fallback_rps: float = 0.0,
-    cold_limit: int = 128,
-) -> Admission:
-    """Admit one more run, or shed it?
-
-    By Little's law a run arriving now spends about ``(backlog + 1) / throughput`` in the system, where
-    backlog is runs accepted and not finished and throughput the recent completion rate. Admit while that
-    stays within ``share`` of the p95 budget. A small backlog is always admitted (nothing to estimate from
-    yet). With no completion rate at all (cold start, or a stalled pipeline) and no fallback rate, admit up
-    to ``cold_limit`` runs. ``retry_after_s`` is the time the excess backlog needs to drain."""
-    rate = throughput_rps if throughput_rps > 0 else fallback_rps
-    if backlog < min_backlog:
-        est = (backlog + 1) / rate * 1000 if rate > 0 else 0.0
-        return Admission(True, est)
-    if rate <= 0:
-        return Admission(backlog < cold_limit, math.inf, 0 if backlog < cold_limit else 1)
-    est_ms = (backlog + 1) / rate * 1000
-    limit_ms = p95_budget_ms * share
-    if est_ms <= limit_ms:
-        return Admission(True, est_ms)
-    excess = backlog + 1 - limit_ms / 1000 * rate
-    return Admission(False, est_ms, max(1, math.ceil(excess / rate)))
-
-
-class RateMeter:
-    """Completions per second over a sliding window, fed with event times."""
-
-    def __init__(self, window_s: float = 2.0) -> None:
-        self.window_s = window_s
-        self.events: list[float] = []
-
-    def add(self, t: float, n: int = 1) -> None:
-        self.events.extend([t] * n)
-
-    def rate(self, now: float) -> float:
-        cut = now - self.window_s
-        i = 0
-        while i < len(self.events) and self.events[i] < cut:
-            i += 1
-        if i:
-            del self.events[:i]
-        return len(self.events) / self.window_s

@@ -1,4 +1,4 @@
-"""Unit tests of the pure parts: graph, backoff, batching, balancing, admission."""
+"""Unit tests of load balancing over replicas, and of the endpoint list it balances over."""
 
 from __future__ import annotations
 
@@ -7,65 +7,8 @@ import random
 from collections import Counter
 
 import pytest
-from agentscale_worker.config import Graph, GraphError, Settings
-from agentscale_worker.examples import graph
-from agentscale_worker.policies import Balancer, BatchPolicy, RateMeter, admit, backoff_s, priority_share
+from agentscale_worker.balancing import Balancer
 from agentscale_worker.triton import parse_static
-
-
-def test_graph_sources_sinks_and_join_predecessors() -> None:
-    g = graph("driving-perception")
-    assert g.sources == ("detect",)
-    assert g.sinks == ("plan",)
-    assert g.predecessors("plan") == ("estimate-depth", "track")
-    assert g.topological_order()[0] == "detect" and g.topological_order()[-1] == "plan"
-    assert Graph.from_json(g.to_json()) == g
-
-
-def test_graph_rejects_cycles_and_unknown_steps() -> None:
-    with pytest.raises(GraphError, match="cycle"):
-        Graph.from_dict({"steps": {"a": {"next": ["b"]}, "b": {"next": ["a"]}, "c": {"next": ["a"]}}})
-    with pytest.raises(GraphError, match="unknown steps"):
-        Graph.from_dict({"steps": {"a": {"next": ["zz"]}}})
-    with pytest.raises(GraphError, match="not JSON"):
-        Graph.from_json("{")
-
-
-def test_settings_defaults_and_env() -> None:
-    s = Settings.from_env({})
-    assert s.concurrency == 8 and s.load_balancing == "least-outstanding" and s.graph.sinks == ("main",)
-    env = {
-        "AGENTSCALE_GRAPH": graph("shop-recs").to_json(),
-        "AGENTSCALE_STEP": "rank",
-        "AGENTSCALE_BATCH_MAX_SIZE": "16",
-        "AGENTSCALE_BATCH_MAX_WAIT_MS": "2.5",
-        "AGENTSCALE_PRIORITY": "",
-    }
-    s = Settings.from_env(env)
-    assert (s.step, s.batch_max_size, s.batch_max_wait_ms, s.priority) == ("rank", 16, 2.5, 0)
-    with pytest.raises(GraphError, match="not in the graph"):
-        Settings.from_env({**env, "AGENTSCALE_STEP": "nope"})
-
-
-def test_backoff_is_exponential_capped_and_jittered() -> None:
-    rng = random.Random(1)
-    for attempt in range(1, 12):
-        cap = min(2.0, 0.1 * 2 ** (attempt - 1))
-        samples = [backoff_s(attempt, 0.1, 2.0, rng) for _ in range(200)]
-        assert all(0 <= x <= cap for x in samples)
-        assert max(samples) > cap * 0.8  # full jitter spreads over the range
-    assert len({backoff_s(3, 0.1, 2.0, rng) for _ in range(10)}) == 10
-
-
-def test_batch_policy_flushes_when_full_or_old() -> None:
-    p = BatchPolicy(max_size=4, max_wait_s=0.005)
-    assert not p.flush_now(0, 1.0)
-    assert not p.flush_now(3, 0.001)
-    assert p.flush_now(4, 0.0)
-    assert p.flush_now(1, 0.005)
-    assert p.take(10) == 4 and p.take(2) == 2
-    assert p.wait_left_s(0.002) == pytest.approx(0.003)
-    assert BatchPolicy().flush_now(1, 0.0)  # batching off: send at once
 
 
 def test_least_outstanding_picks_the_idlest() -> None:
@@ -178,37 +121,6 @@ def test_least_latency_sends_little_to_a_slow_endpoint_at_light_load() -> None:
         shares[strategy] = sent["slow"] / sum(sent.values())
     assert shares["least-outstanding"] > 0.3
     assert shares["least-latency"] < 0.05, shares
-
-
-def test_admission_follows_littles_law() -> None:
-    assert admit(backlog=3, throughput_rps=0, p95_budget_ms=100).admit  # small backlog always
-    assert admit(backlog=50, throughput_rps=0, p95_budget_ms=100).admit  # cold start: no rate yet
-    assert not admit(backlog=500, throughput_rps=0, p95_budget_ms=100).admit
-    ok = admit(backlog=40, throughput_rps=100, p95_budget_ms=500)  # 410 ms expected
-    assert ok.admit and ok.estimated_ms == pytest.approx(410)
-    shed = admit(backlog=99, throughput_rps=100, p95_budget_ms=500)
-    assert not shed.admit and shed.retry_after_s == 1
-    slow = admit(backlog=999, throughput_rps=100, p95_budget_ms=500)
-    assert slow.retry_after_s == 10  # (1000 - 50) / 100 rounded up
-    assert not admit(backlog=10, throughput_rps=0, p95_budget_ms=100, fallback_rps=10).admit
-
-
-def test_low_priority_is_shed_first() -> None:
-    assert priority_share(5, 5) == 1.0 and priority_share(9, 5) == 1.0
-    assert priority_share(3, 5) == pytest.approx(0.8)
-    assert priority_share(-100, 5) == 0.5
-    kw = dict(backlog=70, throughput_rps=100, p95_budget_ms=1000)
-    assert admit(share=priority_share(5, 5), **kw).admit
-    assert not admit(share=priority_share(0, 5), **kw).admit  # share 0.5 -> 500 ms limit, 710 expected
-
-
-def test_rate_meter_window() -> None:
-    m = RateMeter(window_s=2.0)
-    m.add(0.0, 10)
-    m.add(1.5, 10)
-    assert m.rate(1.9) == 10.0
-    assert m.rate(3.0) == 5.0
-    assert m.rate(10.0) == 0.0
 
 
 def test_static_endpoints_or_dns() -> None:
