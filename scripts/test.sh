@@ -5,10 +5,15 @@
 #   3. data-plane tests against a real tritonserver and real redis-server
 #   4. the end-to-end suite against a real local cluster (kube-apiserver, etcd, controller-manager,
 #      scheduler, metrics-server, kwok GPU nodes), which it builds (cached) and starts, then stops.
-# Set AGENTSCALE_E2E=0 to skip stage 4 (for a quick local loop only; CI always runs it).
+# Set AGENTSCALE_E2E=0 to skip stage 4 (for a quick local loop only: with CI=true it is an error, so CI can
+# never pass with the cluster stage skipped).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+if [ "${AGENTSCALE_E2E:-1}" = "0" ] && [ "${CI:-}" = "true" ]; then
+  echo "AGENTSCALE_E2E=0 with CI=true: CI must run the end-to-end stage; unset AGENTSCALE_E2E." >&2
+  exit 2
+fi
 T0=$SECONDS
 stage() { printf '\n=== [%s +%ss] %s\n' "$(date +%H:%M:%S)" "$((SECONDS - T0))" "$*"; }
 

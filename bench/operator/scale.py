@@ -35,10 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "operator"))
 
+from agentscale import kinds  # noqa: E402
 from agentscale.api.models import AgentWorkflow  # noqa: E402
 from agentscale.api.validation import parse_spec  # noqa: E402
 from agentscale.render import render_workflow  # noqa: E402
@@ -47,15 +49,7 @@ RESULTS = REPO / "bench" / "operator" / "results"
 DOC = REPO / "docs" / "benchmarks.md"
 IMG = REPO / "docs" / "img" / "operator-scale.png"
 BEGIN, END = "<!-- operator:begin -->", "<!-- operator:end -->"
-WATCHED = {
-    "agentworkflows",
-    "deployments",
-    "services",
-    "configmaps",
-    "horizontalpodautoscalers",
-    "poddisruptionbudgets",
-    "events",
-}
+WATCHED = {k.plural for k in kinds.WRITTEN}  # what the operator writes (idle writes count these)
 WRITE_VERBS = {"POST", "PUT", "PATCH", "DELETE", "APPLY"}
 
 
@@ -101,17 +95,13 @@ class Cluster:
 
     def writes(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for line in self.k("get", "--raw", "/metrics").splitlines():
-            if not line.startswith("apiserver_request_total{"):
+        for family in text_string_to_metric_families(self.k("get", "--raw", "/metrics")):
+            if family.name != "apiserver_request":  # the parser drops the counter's _total suffix
                 continue
-            labels_part, _, value = line.rpartition(" ")
-            labels = dict(
-                (k, v.strip('"'))
-                for k, v in (kv.split("=", 1) for kv in labels_part[24:-1].split(",") if "=" in kv)
-            )
-            if labels.get("verb") in WRITE_VERBS:
-                res = labels.get("resource", "")
-                out[res] = out.get(res, 0) + int(float(value))
+            for s in family.samples:
+                if s.name == "apiserver_request_total" and s.labels.get("verb") in WRITE_VERBS:
+                    res = s.labels.get("resource", "")
+                    out[res] = out.get(res, 0) + int(s.value)
         return out
 
 

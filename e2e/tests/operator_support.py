@@ -4,26 +4,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agentscale import kinds
+from prometheus_client.parser import text_string_to_metric_families
+
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"
 EXAMPLES = REPO / "workloads" / "examples"
 WRITE_VERBS = {"POST", "PUT", "PATCH", "DELETE", "APPLY", "CREATE", "UPDATE"}
+OWNED_KINDS = ",".join(k.plural for k in kinds.OWNED)  # for `kubectl get`
+WRITTEN = {k.plural for k in kinds.WRITTEN}  # what an idle operator must not write
 
 
 def write_requests(metrics_text: str, resources: set[str]) -> int:
     """Sum apiserver_request_total over write verbs for the given resources."""
-    total = 0
-    for line in metrics_text.splitlines():
-        if not line.startswith("apiserver_request_total{"):
+    total = 0.0
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "apiserver_request":  # the parser drops the counter's _total suffix
             continue
-        labels_part, _, value = line.rpartition(" ")
-        labels = dict(
-            kv.split("=", 1)
-            for kv in labels_part[len("apiserver_request_total{") : -1].split(",")
-            if "=" in kv
-        )
-        verb = labels.get("verb", "").strip('"')
-        resource = labels.get("resource", "").strip('"')
-        if verb in WRITE_VERBS and resource in resources:
-            total += int(float(value))
-    return total
+        for sample in family.samples:
+            if sample.name != "apiserver_request_total":
+                continue
+            if sample.labels.get("verb") in WRITE_VERBS and sample.labels.get("resource") in resources:
+                total += sample.value
+    return int(total)

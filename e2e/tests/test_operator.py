@@ -13,12 +13,11 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_support import EXAMPLES, write_requests
+from operator_support import EXAMPLES, OWNED_KINDS, WRITTEN, write_requests
 
 pytestmark = pytest.mark.cluster
 
 REDIS = {"redisUrl": "redis://redis.invalid:6379/0"}
-OWNED_KINDS = "deployments,services,configmaps,horizontalpodautoscalers,poddisruptionbudgets"
 
 
 def workflow(name: str, steps: list[dict[str, Any]], models: list[dict[str, Any]] | None = None) -> dict:
@@ -338,20 +337,11 @@ def test_restart_makes_no_duplicates_and_idle_operator_writes_nothing(
         message="other e2e namespaces to finish terminating",
     )
     operator.restart()
-    watched = {
-        "agentworkflows",
-        "deployments",
-        "services",
-        "configmaps",
-        "horizontalpodautoscalers",
-        "poddisruptionbudgets",
-        "events",
-    }
     # Let the restarted operator resume every workflow, then measure a quiet minute.
     time.sleep(10)
-    start = write_requests(kubectl("get", "--raw", "/metrics"), watched)
+    start = write_requests(kubectl("get", "--raw", "/metrics"), WRITTEN)
     time.sleep(60)
-    end = write_requests(kubectl("get", "--raw", "/metrics"), watched)
+    end = write_requests(kubectl("get", "--raw", "/metrics"), WRITTEN)
     after = sorted(
         (o["kind"], o["metadata"]["name"], o["metadata"]["uid"]) for o in children_all(kubectl, namespace)
     )

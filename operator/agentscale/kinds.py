@@ -61,6 +61,9 @@ POD_FIELD_SELECTOR = "spec.nodeName=,status.phase=Pending"
 EVENT = Kind("Event", "v1", "events")
 
 ALL: tuple[Kind, ...] = (*OWNED, WORKFLOW, POD, EVENT)
+# What the operator writes (children, workflow status, Events): an idle operator sends no write to any of
+# them (the e2e idle-minute test and the benchmark count apiserver_request_total over these).
+WRITTEN: tuple[Kind, ...] = (*OWNED, WORKFLOW, EVENT)
 _BY_KIND = {k.kind: k for k in ALL}
 _BY_API = {(k.api_version, k.kind): k for k in ALL}
 
