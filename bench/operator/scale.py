@@ -413,6 +413,7 @@ def main() -> int:
     ap.add_argument("--idle-seconds", type=int, default=60)
     ap.add_argument("--keep-cluster", action="store_true")
     ap.add_argument("--no-report", action="store_true", help="print only; do not touch docs/benchmarks.md")
+    ap.add_argument("--results", type=Path, default=RESULTS / "scale.json", help="where to write the rows")
     args = ap.parse_args()
 
     cluster = Cluster(args.cluster_name)
@@ -436,8 +437,8 @@ def main() -> int:
     finally:
         if not args.keep_cluster:
             cluster.down()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "scale.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2) + "\n")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2) + "\n")
     print("\n N     floor(s)  operator(s)  ratio  peakRSS(MiB)  idle writes")
     for r in rows:
         print(
