@@ -81,7 +81,7 @@ def main() -> int:
     ap.add_argument("--no-report", action="store_true")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "bench" / "operator"))
-    from scale import machine
+    from report import machine
 
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     ref = subprocess.run(["git", "rev-parse", "--short", args.ref], cwd=REPO, capture_output=True, text=True)
