@@ -1,18 +1,35 @@
-"""Workflow status from what the children report. Pure: summaries in, a status dict out."""
+"""Workflow status from what the children report. Pure: summaries in, a typed status out.
+
+The status is built through the API models (``AgentWorkflowStatus``), which refuse keys the CRD schema lacks,
+so a typo fails a unit test instead of being pruned silently by the API server.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
-from agentscale.api.models import AgentWorkflow
+from agentscale.api.models import (
+    AgentWorkflow,
+    AgentWorkflowStatus,
+    Condition,
+    ReplicaStatus,
+    Scaling,
+    parse_quantity,
+)
 from agentscale.render import labels as L
 from agentscale.render import workflow_gpus
 
-READY, PROGRESSING, DEGRADED, GPU_SHORT = "Ready", "Progressing", "Degraded", "GPUCapacityShort"
+READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
+GPU_SHORT, UNSCHEDULABLE = "GPUCapacityShort", "Unschedulable"
+# Conditions whose turning True is announced with a Warning Event on the workflow (reason and message of
+# the condition).
+ANNOUNCED_CONDITIONS: tuple[str, ...] = (GPU_SHORT, UNSCHEDULABLE, DEGRADED)
 _GPU_RESOURCE = re.compile(r"^nvidia\.com/(gpu(\.shared)?|mig-.+)$")
 
 
@@ -33,18 +50,199 @@ class DeploymentSummary:
         return self.generation_seen and self.updated >= self.desired and self.ready >= self.desired
 
 
+# ------------------------------------------------------------------------------------ the scheduler's words
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """One kind of reason the scheduler gives for passing over nodes, and what a person can do about it."""
+
+    reason: str  # the condition reason: one CamelCase word
+    capacity: bool  # more room (nodes, smaller requests, fewer replicas) resolves it
+    what: str  # in words; {resource} is the resource named by the scheduler
+    advice: str
+
+
+# The scheduler's per-node reasons (kube-scheduler 1.34 filter plugins, older wordings too), first match wins.
+# A GPU shortage is GPUCapacityShort's; every other row is reported by the Unschedulable condition.
+_BLOCKERS: tuple[tuple[re.Pattern[str], Blocker], ...] = tuple(
+    (re.compile(pattern), blocker)
+    for pattern, blocker in (
+        (
+            r"^Insufficient (nvidia\.com/\S+)$",
+            Blocker("InsufficientGPU", True, "not enough free {resource}", "See GPUCapacityShort."),
+        ),
+        (
+            r"^Insufficient (cpu)$",
+            Blocker(
+                "InsufficientCPU",
+                True,
+                "not enough free CPU on any node",
+                "Add nodes (or larger ones) with free CPU, lower resources.requests.cpu or replicas, or "
+                "free CPU that other workloads request.",
+            ),
+        ),
+        (
+            r"^Insufficient (memory)$",
+            Blocker(
+                "InsufficientMemory",
+                True,
+                "not enough free memory on any node",
+                "Add nodes (or larger ones) with free memory, lower resources.requests.memory or replicas, "
+                "or free memory that other workloads request.",
+            ),
+        ),
+        (
+            r"^Insufficient (\S+)$",
+            Blocker(
+                "InsufficientResource",
+                True,
+                "not enough free {resource} on any node",
+                "Add nodes with free {resource}, lower the pods' {resource} request or replicas, or free "
+                "{resource} that other workloads request.",
+            ),
+        ),
+        (
+            r"^Too many pods$",
+            Blocker(
+                "TooManyPods",
+                True,
+                "the nodes already run as many pods as they may",
+                "Add nodes, raise the kubelet's maxPods, or lower replicas.",
+            ),
+        ),
+        (
+            r"untolerated taint|taints that the pod didn't tolerate",
+            Blocker(
+                "UntoleratedTaint",
+                False,
+                "the nodes carry taints the pods do not tolerate",
+                "Add nodes without those taints, or remove the taint from the nodes meant for these pods "
+                "(kubectl taint nodes NODE KEY-).",
+            ),
+        ),
+        (
+            r"node affinity/selector|scheduler-enforced node affinity|pod affinity terms conflict",
+            Blocker(
+                "NodeSelectorMismatch",
+                False,
+                "no node has the labels the pods select",
+                "Label or add nodes that match (gpu.product selects the label nvidia.com/gpu.product), or "
+                "fix gpu.product.",
+            ),
+        ),
+        (
+            r"were unschedulable",
+            Blocker(
+                "NodesCordoned",
+                False,
+                "the nodes are cordoned",
+                "Uncordon nodes (kubectl uncordon NODE) or add nodes.",
+            ),
+        ),
+        (
+            r"pod affinity rules|anti-affinity rules",
+            Blocker(
+                "PodAffinityConflict",
+                False,
+                "pod affinity or anti-affinity rules rule out the nodes",
+                "Add nodes, or relax the affinity rules of the pods involved.",
+            ),
+        ),
+        (
+            r"topology spread constraints",
+            Blocker(
+                "TopologySpreadConflict",
+                False,
+                "topology spread constraints rule out the nodes",
+                "Add nodes in the missing topology domains, or label nodes with the topology key.",
+            ),
+        ),
+    )
+)
+_UNSCHEDULABLE = Blocker(
+    "Unschedulable",
+    False,
+    "no node fits them",
+    "Add nodes, or relax what the pods require (resources, placement).",
+)
+# Every reason the Unschedulable condition can carry (the API docs list them).
+UNSCHEDULABLE_REASONS: tuple[str, ...] = (
+    *(b.reason for _, b in _BLOCKERS if b.reason != "InsufficientGPU"),
+    _UNSCHEDULABLE.reason,
+)
+
+_FIT_ERROR = re.compile(r"^0/(\d+) nodes are available:\s*(.*?)\.?(?=\s+preemption:|\s*$)", re.S)
+_COUNTED = re.compile(r"^(\d+) (.+)$", re.S)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The scheduler's message, parsed: why it passed over the nodes, and what to do."""
+
+    nodes: int | None  # N of "0/N nodes are available", None when the message has another form
+    reasons: tuple[tuple[int, str], ...]  # (nodes, reason) as the scheduler counts them
+    summary: str  # the message without its preemption tail
+    blocker: Blocker  # the most pressing reason
+    resource: str  # the resource the blocker names ("" when none)
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_scheduler_message(message: str) -> Verdict:
+    """Parse ``0/5 nodes are available: 2 Insufficient cpu, 3 node(s) had untolerated taint(s). preemption:
+    ...``. Reasons that more room would resolve (Insufficient X, Too many pods) win over placement reasons
+    (taints, selectors): the nodes that lack room are the ones the pods could use. Ties go to the node count,
+    then to the order of the table."""
+    text = " ".join(message.split())
+    m = _FIT_ERROR.match(text)
+    if m:
+        nodes: int | None = int(m.group(1))
+        summary = text[: m.end()].rstrip(".") + "."
+        reasons: list[tuple[int, str]] = []
+        for item in m.group(2).split(", "):
+            counted = _COUNTED.match(item.strip())
+            if counted:
+                reasons.append((int(counted.group(1)), counted.group(2).strip()))
+            elif item.strip():  # a PreFilter reason applies to every node
+                reasons.append((nodes or 0, item.strip()))
+    else:
+        nodes, summary, reasons = None, text.rstrip(".") + ".", [(0, text)]
+    found: list[tuple[int, int, Blocker, str]] = []
+    for count, reason in reasons:
+        for rank, (pattern, blocker) in enumerate(_BLOCKERS):
+            hit = pattern.search(reason)
+            if hit:
+                found.append((count, -rank, blocker, hit.group(1) if hit.groups() else ""))
+                break
+    pool = [f for f in found if f[2].capacity] or found
+    if not pool:
+        return Verdict(nodes, tuple(reasons), summary, _UNSCHEDULABLE, "")
+    _, _, blocker, resource = max(pool, key=lambda f: (f[2].capacity, f[0], f[1]))
+    return Verdict(nodes, tuple(reasons), summary, blocker, resource)
+
+
 @dataclass(frozen=True)
 class PendingPod:
+    """A pod the scheduler could not place: whose it is, what it asks for, and the scheduler's message."""
+
     name: str
     component: str
     part: str
     message: str
     gpu_resource: str
     gpus: int
+    requests: tuple[tuple[str, str], ...] = ()  # (resource, quantity) summed over the pod's containers
 
     @property
     def short_of_gpus(self) -> bool:
         return bool(self.gpu_resource) and "Insufficient nvidia.com/" in self.message
+
+    @property
+    def verdict(self) -> Verdict:
+        return parse_scheduler_message(self.message)
+
+    def request(self, resource: str) -> str:
+        return dict(self.requests).get(resource, "")
 
 
 def _labels(body: Mapping[str, Any]) -> Mapping[str, str]:
@@ -75,6 +273,40 @@ def summarize_deployment(body: Mapping[str, Any]) -> DeploymentSummary:
     )
 
 
+_BINARY = (("Ei", 60), ("Pi", 50), ("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10))
+
+
+def format_quantity(resource: str, value: Decimal) -> str:
+    """A quantity as a person writes it: cpu in cores or millicores, byte counts in binary units."""
+    if value == value.to_integral_value():
+        n = int(value)
+        if resource != "cpu":
+            for suffix, shift in _BINARY:
+                if n >= 1 << shift and n % (1 << shift) == 0:
+                    return f"{n >> shift}{suffix}"
+        return str(n)
+    if resource == "cpu" and (value * 1000) == (value * 1000).to_integral_value():
+        return f"{int(value * 1000)}m"
+    return f"{value.normalize():f}"
+
+
+def _pod_requests(spec: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """What the pod's containers request, summed per resource (init containers aside)."""
+    raw: dict[str, list[Any]] = {}
+    for c in spec.get("containers") or []:
+        for k, v in ((c.get("resources") or {}).get("requests") or {}).items():
+            raw.setdefault(k, []).append(v)
+    out: list[tuple[str, str]] = []
+    for k, values in sorted(raw.items()):
+        if len(values) == 1:
+            out.append((k, str(values[0])))
+            continue
+        parsed = [parse_quantity(v) for v in values]
+        if all(q is not None for q in parsed):
+            out.append((k, format_quantity(k, sum((q for q in parsed if q is not None), Decimal(0)))))
+    return tuple(out)
+
+
 def pending_pod(body: Mapping[str, Any]) -> PendingPod | None:
     """A pod the scheduler could not place, or None for every other pod."""
     st = body.get("status") or {}
@@ -84,8 +316,9 @@ def pending_pod(body: Mapping[str, Any]) -> PendingPod | None:
     if not cond or cond.get("status") != "False" or cond.get("reason") != "Unschedulable":
         return None
     component, part = _part(_labels(body))
+    spec = body.get("spec", {})
     resource, count = "", 0
-    for c in body.get("spec", {}).get("containers") or []:
+    for c in spec.get("containers") or []:
         for k, v in ((c.get("resources") or {}).get("limits") or {}).items():
             if _GPU_RESOURCE.match(k):
                 resource, count = k, count + int(v)
@@ -96,6 +329,7 @@ def pending_pod(body: Mapping[str, Any]) -> PendingPod | None:
         message=str(cond.get("message", "")),
         gpu_resource=resource,
         gpus=count,
+        requests=_pod_requests(spec),
     )
 
 
@@ -118,20 +352,20 @@ def now() -> str:
 
 def _condition(
     previous: Mapping[str, Mapping[str, Any]], ctype: str, status: bool, reason: str, message: str, gen: int
-) -> dict[str, Any]:
+) -> Condition:
     value = "True" if status else "False"
     old = previous.get(ctype) or {}
     changed = old.get("status") != value
-    return {
-        "type": ctype,
-        "status": value,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": now()
+    return Condition(
+        type=ctype,
+        status=value,
+        reason=reason,
+        message=message,
+        lastTransitionTime=now()
         if changed or not old.get("lastTransitionTime")
-        else old["lastTransitionTime"],
-        "observedGeneration": gen,
-    }
+        else str(old["lastTransitionTime"]),
+        observedGeneration=gen,
+    )
 
 
 def _plural(n: int, word: str) -> str:
@@ -160,21 +394,78 @@ def gpu_short_message(pending: Iterable[PendingPod]) -> str:
     )
 
 
+def _who(pods: list[PendingPod], resource: str) -> str:
+    """``step/a x2 (cpu 40 each, 80 in all)``: the pods of one part and, for a resource short, what each
+    requests."""
+    p = pods[0]
+    name = f"{p.component}/{p.part}" if p.part else p.component
+    request = p.request(resource) if resource else ""
+    if not request:
+        return f"{name} x{len(pods)}"
+    if len(pods) == 1:
+        return f"{name} x1 (requests {resource} {request})"
+    each = parse_quantity(request)
+    total = f", {format_quantity(resource, each * len(pods))} in all" if each is not None else ""
+    return f"{name} x{len(pods)} ({resource} {request} each{total})"
+
+
+def unschedulable(pending: Iterable[PendingPod]) -> tuple[str, str]:
+    """(reason, message) for pods the scheduler cannot place for reasons other than a GPU shortage, or
+    ("", "") when there are none. Pods are grouped by what blocks them; the reason is the largest group's."""
+    blocked = [p for p in pending if not p.short_of_gpus]
+    if not blocked:
+        return "", ""
+    groups: dict[str, dict[tuple[str, str, str], list[PendingPod]]] = {}
+    verdicts: dict[str, Verdict] = {}
+    for p in blocked:
+        v = p.verdict
+        key = (p.component, p.part, p.request(v.resource) if v.resource else "")
+        groups.setdefault(v.blocker.reason, {}).setdefault(key, []).append(p)
+        verdicts.setdefault(v.blocker.reason, v)
+    order = [b.reason for _, b in _BLOCKERS] + [_UNSCHEDULABLE.reason]
+    ranked = sorted(groups, key=lambda r: (-sum(len(ps) for ps in groups[r].values()), order.index(r)))
+    texts = []
+    for reason in ranked:
+        v = verdicts[reason]
+        who = "; ".join(_who(ps, v.resource) for _, ps in sorted(groups[reason].items()))
+        what = v.blocker.what.format(resource=v.resource)
+        advice = v.blocker.advice.format(resource=v.resource)
+        texts.append(f"{who}: {what}. Scheduler: {v.summary} {advice}")
+    return ranked[0], f"{_plural(len(blocked), 'pod')} cannot be scheduled: {' '.join(texts)}"
+
+
+def _floor(scaling: Scaling, desired: int) -> int:
+    """Replicas wanted now. An autoscaler may not have raised a new Deployment to its floor yet: the floor is
+    still what we want. In mode fixed the Deployment carries exactly what the operator rendered."""
+    if scaling.operator_owns_replicas():
+        return desired
+    return max(desired, scaling.bounds()[0])
+
+
 def compute_status(obs: Observed) -> dict[str, Any]:
-    """The status block to write. Conditions keep lastTransitionTime while their status holds."""
+    """The status block to write, as the API server stores it (see ``build_status``)."""
+    return build_status(obs).to_dict()
+
+
+def build_status(obs: Observed) -> AgentWorkflowStatus:
+    """The status to write. Conditions keep lastTransitionTime while their status holds."""
     gen = obs.generation
-    prev_conds = {c.get("type", ""): c for c in obs.previous.get("conditions") or []}
-    out: dict[str, Any] = {"observedGeneration": gen}
+    prev_conds = {
+        c.get("type", ""): c for c in obs.previous.get("conditions") or [] if isinstance(c, Mapping)
+    }
 
     if obs.workflow is None:
         msg = "; ".join(obs.problems) or "the spec is invalid"
-        out["conditions"] = [
-            _condition(prev_conds, READY, False, "InvalidSpec", msg, gen),
-            _condition(prev_conds, PROGRESSING, False, "InvalidSpec", "Waiting for a valid spec.", gen),
-            _condition(prev_conds, DEGRADED, True, "InvalidSpec", msg, gen),
-            _condition(prev_conds, GPU_SHORT, False, "InvalidSpec", "", gen),
-        ]
-        return out
+        return AgentWorkflowStatus(
+            observedGeneration=gen,
+            conditions=[
+                _condition(prev_conds, READY, False, "InvalidSpec", msg, gen),
+                _condition(prev_conds, PROGRESSING, False, "InvalidSpec", "Waiting for a valid spec.", gen),
+                _condition(prev_conds, DEGRADED, True, "InvalidSpec", msg, gen),
+                _condition(prev_conds, GPU_SHORT, False, "InvalidSpec", "", gen),
+                _condition(prev_conds, UNSCHEDULABLE, False, "InvalidSpec", "", gen),
+            ],
+        )
 
     wf = obs.workflow
     by_part = {(d.component, d.part): d for d in obs.deployments}
@@ -182,33 +473,28 @@ def compute_status(obs: Observed) -> dict[str, Any]:
     for p in obs.pending:
         pending_by_part[(p.component, p.part)] = pending_by_part.get((p.component, p.part), 0) + 1
 
-    # An autoscaler may not have raised a new Deployment to its floor yet: the floor is still what we want.
-    floors = {(L.STEP, s.name): s.scaling for s in wf.spec.steps}
-    floors.update({(L.MODEL, m.name): m.scaling for m in wf.spec.models})
+    scaling = {(L.STEP, s.name): s.scaling for s in wf.spec.steps}
+    scaling.update({(L.MODEL, m.name): m.scaling for m in wf.spec.models})
 
-    def replicas(component: str, names: list[str]) -> tuple[dict[str, Any], int]:
-        block: dict[str, Any] = {}
+    def replicas(component: str, names: list[str]) -> tuple[dict[str, ReplicaStatus], int]:
+        block: dict[str, ReplicaStatus] = {}
         ready_count = 0
         for n in names:
             d = by_part.get((component, n))
             desired, ready = (d.desired, d.ready) if d else (0, 0)
-            sc = floors[(component, n)]
-            if d is not None and sc.mode.value != "fixed":
-                desired = max(desired, sc.minReplicas, 1 if sc.mode.value == "hpa" else 0)
-            block[n] = {"desired": desired, "ready": ready, "pending": pending_by_part.get((component, n), 0)}
+            if d is not None:
+                desired = _floor(scaling[(component, n)], desired)
+            block[n] = ReplicaStatus(
+                desired=desired, ready=ready, pending=pending_by_part.get((component, n), 0)
+            )
             if d is not None and d.settled and ready >= desired:
                 ready_count += 1
         return block, ready_count
 
     step_names = [s.name for s in wf.spec.steps]
     model_names = [m.name for m in wf.spec.models]
-    out["steps"], steps_ready = replicas(L.STEP, step_names)
-    out["models"], models_ready = replicas(L.MODEL, model_names)
-    out["stepsReady"] = f"{steps_ready}/{len(step_names)}"
-    out["modelsReady"] = f"{models_ready}/{len(model_names)}"
-    out["gpus"] = workflow_gpus(wf, {part: d.desired for (_, part), d in by_part.items() if part})
-    if wf.spec.gateway.enabled:
-        out["endpoints"] = {"gateway": f"http://{wf.name}-gateway.{wf.namespace}.svc:8080"}
+    steps, steps_ready = replicas(L.STEP, step_names)
+    models, models_ready = replicas(L.MODEL, model_names)
 
     expected = {(L.STEP, n) for n in step_names} | {(L.MODEL, n) for n in model_names}
     if wf.spec.gateway.enabled:
@@ -216,9 +502,9 @@ def compute_status(obs: Observed) -> dict[str, Any]:
     missing = sorted(f"{c}/{p}" if p else c for c, p in expected if (c, p) not in by_part)
     below_floor = {
         (c, p)
-        for c, kind in ((L.STEP, "steps"), (L.MODEL, "models"))
-        for p, v in out[kind].items()
-        if v["ready"] < v["desired"]
+        for c, block in ((L.STEP, steps), (L.MODEL, models))
+        for p, v in block.items()
+        if v.ready < v.desired
     }
     unsettled = sorted(
         f"{d.component}/{d.part}" if d.part else d.component
@@ -227,6 +513,7 @@ def compute_status(obs: Observed) -> dict[str, Any]:
     )
     stuck = sorted(d.name for d in obs.deployments if d.deadline_exceeded)
     gpu_msg = gpu_short_message(obs.pending)
+    unsched_reason, unsched_msg = unschedulable(obs.pending)
 
     degraded_reason, degraded_msg = "AsExpected", ""
     if obs.apply_error:
@@ -237,6 +524,9 @@ def compute_status(obs: Observed) -> dict[str, Any]:
     conds = [
         _condition(
             prev_conds, GPU_SHORT, bool(gpu_msg), "InsufficientGPU" if gpu_msg else "Sufficient", gpu_msg, gen
+        ),
+        _condition(
+            prev_conds, UNSCHEDULABLE, bool(unsched_msg), unsched_reason or "AsExpected", unsched_msg, gen
         ),
         _condition(prev_conds, DEGRADED, degraded_reason != "AsExpected", degraded_reason, degraded_msg, gen),
     ]
@@ -249,6 +539,8 @@ def compute_status(obs: Observed) -> dict[str, Any]:
         )
     if gpu_msg:
         ready = (False, "GPUCapacityShort", gpu_msg)
+    elif unsched_msg:
+        ready = (False, unsched_reason, unsched_msg)
     elif obs.apply_error:
         ready = (False, "ApplyFailed", obs.apply_error)
     elif missing or unsettled:
@@ -256,8 +548,19 @@ def compute_status(obs: Observed) -> dict[str, Any]:
     else:
         ready = (True, "AllReplicasReady", "Every step and model has its desired replicas ready.")
     conds.insert(0, _condition(prev_conds, READY, *ready, gen))
-    out["conditions"] = conds
-    return out
+
+    status = AgentWorkflowStatus(
+        observedGeneration=gen,
+        conditions=conds,
+        steps=steps,
+        models=models,
+        stepsReady=f"{steps_ready}/{len(step_names)}",
+        modelsReady=f"{models_ready}/{len(model_names)}",
+        gpus=workflow_gpus(wf, {part: d.desired for (_, part), d in by_part.items() if part}),
+    )
+    if wf.spec.gateway.enabled:
+        status.endpoints = {"gateway": f"http://{wf.name}-gateway.{wf.namespace}.svc:8080"}
+    return status
 
 
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -69,3 +69,35 @@ def test_committed_api_reference_matches_schema() -> None:
     assert (ROOT / "docs" / "api.md").read_text() == render_reference(), (
         "docs/api.md is stale: run `agentscale docs --write docs/api.md`"
     )
+
+
+def test_quantities_are_checked_by_the_api_server() -> None:
+    """Every requests/limits map of the CRD checks its values as quantities and bounds its size."""
+    from agentscale.api.models import MAX_RESOURCES, QUANTITY
+
+    root = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    found: list[str] = []
+
+    def visit(node: dict[str, Any], path: str) -> None:
+        props = node.get("properties") or {}
+        if set(props) == {"requests", "limits"}:
+            for key in ("requests", "limits"):
+                values = props[key]["additionalProperties"]
+                assert values["x-kubernetes-int-or-string"] is True
+                assert (values["pattern"], values["minimum"], values["maxLength"]) == (QUANTITY, 0, 64)
+                assert props[key]["maxProperties"] == MAX_RESOURCES
+                found.append(f"{path}.{key}")
+        for name, prop in props.items():
+            visit(prop, f"{path}.{name}")
+            if isinstance(prop.get("items"), dict):
+                visit(prop["items"], f"{path}.{name}[]")
+
+    visit(root, "spec")
+    assert sorted(found) == [
+        "spec.gateway.resources.limits",
+        "spec.gateway.resources.requests",
+        "spec.models[].resources.limits",
+        "spec.models[].resources.requests",
+        "spec.steps[].resources.limits",
+        "spec.steps[].resources.requests",
+    ]

@@ -17,6 +17,14 @@ from pydantic import BaseModel
 from agentscale.api import models as m
 
 _DROP = {"title", "additionalProperties_false"}
+_INT_OR_STRING_KEYS = (
+    "x-kubernetes-int-or-string",
+    "description",
+    "default",
+    "pattern",
+    "maxLength",
+    "minimum",
+)
 
 
 def _resolve(schema: Any, defs: dict[str, Any]) -> Any:
@@ -56,7 +64,9 @@ def _structural(schema: Any) -> Any:
                 s.pop("default")
             return _structural(s)
     if s.get("x-kubernetes-int-or-string"):
-        return {k: v for k, v in s.items() if k in ("x-kubernetes-int-or-string", "description", "default")}
+        # The API server applies pattern and maxLength to the string form only, minimum to the integer form
+        # (controller-gen writes resource.Quantity with the same pattern).
+        return {k: v for k, v in s.items() if k in _INT_OR_STRING_KEYS}
     if s.get("x-kubernetes-preserve-unknown-fields"):
         s.pop("additionalProperties", None)
         s["type"] = "object"

@@ -8,10 +8,13 @@ same object into these models at the boundary and checks what CEL cannot (cycles
 
 from __future__ import annotations
 
+import re
+from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
+from pydantic_core import PydanticCustomError
 
 GROUP = "agentscale.io"
 VERSION = "v1alpha1"
@@ -29,11 +32,82 @@ MAX_MODELS = 32
 MAX_NEXT = 16
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-# A Kubernetes resource quantity ("500m", "2", "1.5Gi").
-QUANTITY = r"^[+]?[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
+# A non-negative Kubernetes resource quantity, as k8s.io/apimachinery parses it: "500m", "2", "1.5Gi", "1e3",
+# ".5". (Negative quantities parse too, but no request or limit may be negative.)
+QUANTITY = r"^\+?([0-9]+(?:\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
+QUANTITY_MAX_LENGTH = 64
+# A resource name: cpu, memory, ephemeral-storage, hugepages-2Mi, or a qualified extended resource such as
+# nvidia.com/gpu (an optional DNS-subdomain prefix and a name part).
+RESOURCE_NAME = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+MAX_RESOURCES = 32
+
+_QUANTITY_RE = re.compile(QUANTITY)
+_RESOURCE_NAME_RE = re.compile(RESOURCE_NAME)
+_SUFFIX = {
+    "": Decimal(1),
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+}
+
+
+def parse_quantity(value: object) -> Decimal | None:
+    """The value of a non-negative Kubernetes quantity (``"500m"`` -> 0.5), or None if it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return Decimal(value) if value >= 0 else None
+    m = _QUANTITY_RE.match(value) if isinstance(value, str) and len(value) <= QUANTITY_MAX_LENGTH else None
+    if m is None:
+        return None
+    number, suffix = m.group(1), m.group(2) or ""
+    try:
+        if suffix in _SUFFIX:
+            return Decimal(number) * _SUFFIX[suffix]
+        return Decimal(number) * Decimal(10) ** int(suffix[1:])  # an exponent: 1e3
+    except (ArithmeticError, ValueError):
+        return None
+
+
+def _quantity(value: object) -> object:
+    if parse_quantity(value) is None:
+        raise PydanticCustomError("quantity", f"{value!r} is not a Kubernetes quantity (e.g. 500m, 2, 1Gi)")
+    return value
+
+
+def _resource_name(value: object) -> object:
+    if not isinstance(value, str) or len(value) > 253 or not _RESOURCE_NAME_RE.match(value):
+        raise PydanticCustomError(
+            "resource_name",
+            f"{value!r} is not a resource name (e.g. cpu, memory, ephemeral-storage, nvidia.com/gpu)",
+        )
+    return value
+
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=DNS_LABEL)]
-Quantity = Annotated[str | int, Field(json_schema_extra={"x-kubernetes-int-or-string": True})]
+Quantity = Annotated[
+    str | int,
+    BeforeValidator(_quantity),
+    Field(
+        json_schema_extra={
+            "x-kubernetes-int-or-string": True,
+            "pattern": QUANTITY,
+            "maxLength": QUANTITY_MAX_LENGTH,
+            "minimum": 0,
+        }
+    ),
+]
+ResourceName = Annotated[str, BeforeValidator(_resource_name)]
 
 
 def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, Any]:
@@ -163,10 +237,19 @@ class GPU(_Model):
 class Resources(_Model):
     """CPU and memory for each container, as Kubernetes quantities."""
 
-    requests: dict[str, Quantity] = Field(
-        default_factory=dict, description="Requests, e.g. {cpu: 500m, memory: 512Mi}."
+    requests: dict[ResourceName, Quantity] = Field(
+        default_factory=dict,
+        max_length=MAX_RESOURCES,
+        description=(
+            "Requests, e.g. {cpu: 500m, memory: 512Mi}. Keys are resource names, values Kubernetes "
+            "quantities (an integer or a string such as 500m, 2, 1.5Gi)."
+        ),
     )
-    limits: dict[str, Quantity] = Field(default_factory=dict, description="Limits, e.g. {memory: 1Gi}.")
+    limits: dict[ResourceName, Quantity] = Field(
+        default_factory=dict,
+        max_length=MAX_RESOURCES,
+        description="Limits, e.g. {memory: 1Gi}; the same form as requests.",
+    )
 
 
 class ScalingMode(StrEnum):
@@ -524,15 +607,43 @@ class AgentWorkflowSpec(_Model):
 
 
 # --------------------------------------------------------------------------------------------- status
+#
+# The operator builds status through these models, which forbid unknown keys like the spec models do: a key
+# the CRD schema lacks (and the API server would silently prune) fails at construction, in the unit tests.
+# A status written by an older operator is read with ``AgentWorkflowStatus.read``, which ignores keys this
+# version no longer knows.
+
+# The condition types the operator writes, and when each is True (rendered into docs/api.md).
+CONDITIONS: dict[str, str] = {
+    "Ready": (
+        "Every step, model and the gateway has its desired replicas updated and ready. When False, the "
+        "reason is the most pressing cause: GPUCapacityShort, the reason of Unschedulable (e.g. "
+        "InsufficientCPU), ApplyFailed, InvalidSpec or ReplicasNotReady."
+    ),
+    "Progressing": "A child is missing, rolling out, or waiting for replicas.",
+    "Degraded": (
+        "The spec is invalid (InvalidSpec; the message names the field or the cycle), the API server "
+        "rejected an object (ApplyFailed), or a Deployment exceeded its progress deadline."
+    ),
+    "GPUCapacityShort": (
+        "Pods cannot be scheduled for lack of nvidia.com/gpu or MIG slices (reason InsufficientGPU); the "
+        "message names the pods, the GPUs each needs, the total short and the scheduler's own words."
+    ),
+    "Unschedulable": (
+        "Pods cannot be scheduled for any reason other than a GPU shortage (that is GPUCapacityShort). The "
+        "reason names what is short or what does not match: InsufficientCPU, InsufficientMemory, "
+        "InsufficientResource, TooManyPods, UntoleratedTaint, NodeSelectorMismatch, NodesCordoned, "
+        "PodAffinityConflict, TopologySpreadConflict, or Unschedulable; the message names the pods, what "
+        "they request, the scheduler's own words and what to do."
+    ),
+}
 
 
 class Condition(_Model):
     """A Kubernetes-style condition."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    type: str = Field(description="Ready, Progressing, Degraded, GPUCapacityShort, ...")
-    status: str = Field(description="True, False or Unknown.")
+    type: str = Field(description=f"The condition: {', '.join(CONDITIONS)}.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field("", description="One CamelCase word.")
     message: str = Field("", description="What happened, in words a person can act on.")
     lastTransitionTime: str = Field("", description="When status last changed (RFC 3339).")
@@ -542,8 +653,6 @@ class Condition(_Model):
 class ReplicaStatus(_Model):
     """Replicas of one step or model server."""
 
-    model_config = ConfigDict(extra="ignore")
-
     desired: int = Field(0, description="Replicas the Deployment asks for.")
     ready: int = Field(0, description="Replicas ready to serve.")
     pending: int = Field(0, description="Pods that cannot be scheduled.")
@@ -551,8 +660,6 @@ class ReplicaStatus(_Model):
 
 class ScalingDecision(_Model):
     """The last replica change the operator or resource controller made."""
-
-    model_config = ConfigDict(extra="ignore")
 
     time: str = Field("", description="When (RFC 3339).")
     target: str = Field("", description="step/<name> or model/<name>.")
@@ -564,10 +671,10 @@ class ScalingDecision(_Model):
 class AgentWorkflowStatus(_Model):
     """What the operator observed."""
 
-    model_config = ConfigDict(extra="ignore")
-
     observedGeneration: int = Field(0, description="The spec generation the status describes.")
-    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded, ...")
+    conditions: list[Condition] = Field(
+        default_factory=list, description=f"{', '.join(CONDITIONS)}; one entry per type."
+    )
     steps: dict[str, ReplicaStatus] = Field(default_factory=dict, description="Per-step replicas.")
     models: dict[str, ReplicaStatus] = Field(default_factory=dict, description="Per-model replicas.")
     stepsReady: str = Field("", description="Steps with all desired replicas ready, e.g. 3/3.")
@@ -577,6 +684,17 @@ class AgentWorkflowStatus(_Model):
     )
     lastScalingDecision: ScalingDecision | None = Field(None, description="The last replica change.")
     endpoints: dict[str, str] = Field(default_factory=dict, description="Where to send requests.")
+
+    @classmethod
+    def read(cls, raw: Any) -> AgentWorkflowStatus:
+        """A status as stored, leniently: keys an older (or newer) operator wrote and this one does not know
+        are ignored rather than refused."""
+        return cls.model_validate(raw or {}, extra="ignore")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The status as written to the API server: only what was set, so keys the operator does not own
+        (``lastScalingDecision``) or does not produce here (``endpoints`` without a gateway) stay out."""
+        return self.model_dump(mode="json", exclude_unset=True)
 
 
 class AgentWorkflow(_Model):
@@ -589,6 +707,11 @@ class AgentWorkflow(_Model):
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: AgentWorkflowSpec
     status: AgentWorkflowStatus | None = None
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _read_status(cls, value: Any) -> Any:
+        return AgentWorkflowStatus.read(value) if isinstance(value, dict) else value
 
     @property
     def name(self) -> str:

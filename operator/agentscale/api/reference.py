@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from agentscale.api.crd import PRINTER_COLUMNS, build_crd
+from agentscale.api.models import CONDITIONS
 
 HEADER = """# AgentWorkflow API reference (agentscale.io/v1alpha1)
 
@@ -40,8 +41,13 @@ def _constraints(s: dict[str, Any]) -> str:
         out.append(f"length {s.get('minLength', 0)}..{s.get('maxLength', '')}")
     if "maxItems" in s:
         out.append(f"at most {s['maxItems']} items")
+    if "maxProperties" in s:
+        out.append(f"at most {s['maxProperties']} entries")
     if "pattern" in s:
-        out.append(f"pattern `{s['pattern']}`")
+        out.append(f"pattern `{s['pattern']}`".replace("|", "\\|"))  # a literal | would end the cell
+    values = s.get("additionalProperties")
+    if isinstance(values, dict) and not values.get("properties") and _constraints(values):
+        out.append(f"values: {_constraints(values)}")
     return "; ".join(out)
 
 
@@ -102,4 +108,9 @@ def render_reference() -> str:
         "What CEL cannot check, the operator checks and reports as condition `Degraded` with reason "
         "`InvalidSpec` and a Warning Event: a cycle in `next` (the message names it, e.g. `a -> b -> a`).\n"
     )
+    parts.append("## Conditions\n")
+    parts.append("| type | True when |")
+    parts.append("|---|---|")
+    parts.extend(f"| `{name}` | {text} |" for name, text in CONDITIONS.items())
+    parts.append("")
     return "\n".join(parts)

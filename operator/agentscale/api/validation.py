@@ -23,6 +23,8 @@ class InvalidSpec(Exception):
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
+    if loc[-1:] == ("[key]",):  # a bad map key: name the map, the message quotes the key
+        loc = loc[:-2]
     out = "spec"
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else f".{part}"
@@ -117,7 +119,7 @@ def _mirrored_cel_problems(spec: AgentWorkflowSpec) -> list[str]:
             out.append(
                 f"{where}.scaling: minReplicas ({sc.minReplicas}) must be <= maxReplicas ({sc.maxReplicas})"
             )
-        elif sc.mode.value == "fixed" and not sc.minReplicas <= sc.replicas <= sc.maxReplicas:
+        elif sc.operator_owns_replicas() and not sc.minReplicas <= sc.replicas <= sc.maxReplicas:
             out.append(f"{where}.scaling.replicas ({sc.replicas}) must lie within [minReplicas, maxReplicas]")
     for m in spec.models:
         db = m.dynamicBatching
