@@ -28,12 +28,10 @@ from agentscale.kube import ApiError, KubeClient
 from agentscale.reconcile import Outcome, Plan, execute, plan_children
 from agentscale.render import ChildKey, child_key, render_workflow
 from agentscale.render import labels as L
-from agentscale.status import Observed, compute_status, status_patch
+from agentscale.status import ANNOUNCED_CONDITIONS, Observed, compute_status, status_patch
 
 log = logging.getLogger("agentscale")
 
-# Conditions that post a Warning Event when they turn True.
-ANNOUNCED_CONDITIONS = ("GPUCapacityShort", "Degraded")
 # A child that drifts again this soon after we put it back counts toward backing off.
 DRIFT_REPEAT_WINDOW_S = 60.0
 DRIFT_FREE_CORRECTIONS = 3
