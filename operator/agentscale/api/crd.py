@@ -16,7 +16,6 @@ from pydantic import BaseModel
 
 from agentscale.api import models as m
 
-_DROP = {"title", "additionalProperties_false"}
 _INT_OR_STRING_KEYS = (
     "x-kubernetes-int-or-string",
     "description",
