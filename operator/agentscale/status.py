@@ -77,7 +77,7 @@ _BLOCKERS: tuple[tuple[re.Pattern[str], Blocker], ...] = tuple(
             Blocker(
                 "InsufficientCPU",
                 True,
-                "not enough free CPU on any node",
+                "not enough free CPU on the nodes they may use",
                 "Add nodes (or larger ones) with free CPU, lower resources.requests.cpu or replicas, or "
                 "free CPU that other workloads request.",
             ),
@@ -87,7 +87,7 @@ _BLOCKERS: tuple[tuple[re.Pattern[str], Blocker], ...] = tuple(
             Blocker(
                 "InsufficientMemory",
                 True,
-                "not enough free memory on any node",
+                "not enough free memory on the nodes they may use",
                 "Add nodes (or larger ones) with free memory, lower resources.requests.memory or replicas, "
                 "or free memory that other workloads request.",
             ),
@@ -97,7 +97,7 @@ _BLOCKERS: tuple[tuple[re.Pattern[str], Blocker], ...] = tuple(
             Blocker(
                 "InsufficientResource",
                 True,
-                "not enough free {resource} on any node",
+                "not enough free {resource} on the nodes they may use",
                 "Add nodes with free {resource}, lower the pods' {resource} request or replicas, or free "
                 "{resource} that other workloads request.",
             ),
