@@ -2,7 +2,8 @@
 # Install what agentscale needs on a fresh Debian machine (idempotent, safe to re-run):
 #   - Debian packages: redis-server (queue tests), python3-numpy (Triton's Python-backend stub imports the
 #     system numpy), curl/procps for the scripts.
-#   - .venv with the operator, the worker package and the dev tools (pytest, ruff, mypy, tritonserver wheel).
+#   - .venv with the operator, the worker distribution, the test harness and the dev tools (pytest, ruff,
+#     mypy, tritonserver wheel).
 # The Go-built cluster binaries are cached separately by e2e/cluster/build.sh.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,10 +31,16 @@ if [ ! -x .venv/bin/python ]; then
   log "creating .venv with $($PY --version)"
   "$PY" -m venv .venv
 fi
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  log "pip install -e .[dev,worker] (first time takes a few minutes)"
+# Two distributions, both editable: the operator with the dev tools and the test harness (pyproject.toml),
+# and the worker (workloads/pyproject.toml, what the worker image installs). Reinstalled when either changes.
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ workloads/pyproject.toml -nt "$stamp" ]; then
+  log "pip install -e .[dev] and -e ./workloads (first time takes a few minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[dev,worker]'
+  # the root first: replacing an older root install (which owned the agentscale-worker script) must not
+  # remove the script the worker distribution installs
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  .venv/bin/python -m pip install -q -e ./workloads
   touch "$stamp"
 fi
-log "ready: $(.venv/bin/python --version), $(.venv/bin/agentscale --help >/dev/null && echo agentscale CLI ok)"
+log "ready: $(.venv/bin/python --version), $(.venv/bin/agentscale --help >/dev/null && echo agentscale CLI ok)," \
+  "$(.venv/bin/agentscale-worker --help >/dev/null && echo agentscale-worker CLI ok)"

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from agentscale.api.models import AgentWorkflow  # noqa: E402
 from agentscale.api.validation import parse_spec  # noqa: E402
 from agentscale.render.triton import config_pbtxt  # noqa: E402
-from agentscale_worker.local import RedisServer, TritonServer, free_port  # noqa: E402
+from agentscale_harness.local import RedisServer, TritonServer, free_port  # noqa: E402
 
 from bench.dataplane.stack import Stack, percentile, wait_http  # noqa: E402
 

@@ -4,9 +4,12 @@ than another. The component under test is the step runtime's ``ModelClient`` (it
 samples (client micro-batching off).
 
 Two setups:
-- ``sim``: two simulated model servers (``agentscale-worker simserver``, separate processes) with the same
-  profile, one at ``--speed 3`` (3x slower). They sleep instead of computing, so the two replicas do not
-  fight over this machine's 2 cores: this stands for replicas on separate nodes, one on slower hardware.
+- ``sim``: two simulated model servers (``python -m agentscale_harness.sim``, separate processes), one at
+  ``--speed 3`` (3x slower). NOT the measured profile: both get :data:`SIM_PROFILE`, typed in here (5 ms +
+  0.8 ms per sample; the measured encoder-large line in results/profile.json is 6.43 ms + 0.27 ms), and the
+  published results (results/balancing.json, ``sim_profile``) were measured with it. They sleep instead of
+  computing, so the two replicas do not fight over this machine's 2 cores: this stands for replicas on
+  separate nodes, one on slower hardware.
 - ``triton``: two real tritonservers serving ``encoder-large`` (no dynamic batching, one instance, BLAS
   pinned to 1 thread); the slow one runs each forward pass 3 times (AGENTSCALE_MODEL_REPEAT=3: real
   compute). All share the 2 cores with the client, so the slow replica also slows the fast one a little.
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from agentscale_worker.local import TritonServer, free_port
+from agentscale_harness.local import TritonServer, free_port
 from agentscale_worker.triton import ModelClient
 
 from .openloop import open_loop
@@ -35,7 +38,8 @@ from .stack import ROOT, save, triton_config, wait_port
 STRATEGIES = ("round-robin", "least-outstanding", "power-of-two", "peak-ewma", "least-latency")
 DURATION_S = 10
 SLOW = 3  # the slow replica is 3x slower
-# simulated service time: encoder-large's shape on one core (5 ms + 0.8 ms per sample), fast replica
+# simulated service time of the fast replica, typed in (not results/profile.json): 5 ms + 0.8 ms per sample,
+# a rough one-core shape of encoder-large; every published balancing result used these numbers
 SIM_PROFILE = {"base_ms": 5.0, "per_sample_ms": 0.8, "max_batch": 64}
 SIM_RATES = [60.0, 120.0, 180.0]  # fast replica alone: ~170/s unbatched; slow: ~57/s
 TRITON_RATES = [40.0, 80.0]
@@ -85,7 +89,7 @@ def run_sim(work: Path) -> list[dict[str, Any]]:
     procs, eps = [], []
     for speed in (1, SLOW):
         port = free_port()
-        cmd = [sys.executable, "-m", "agentscale_worker", "simserver", "--model", "encoder-large"]
+        cmd = [sys.executable, "-m", "agentscale_harness.sim", "--model", "encoder-large"]
         cmd += ["--port", str(port), "--speed", str(speed), "--profile", str(profile)]
         log = open(work / f"sim-{speed}.log", "ab")  # noqa: SIM115 - handed to the child
         procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=log))

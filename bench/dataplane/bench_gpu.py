@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from agentscale_worker.local import TritonServer
+from agentscale_harness.local import TritonServer
 
 from .stack import save
 

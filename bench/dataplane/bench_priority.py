@@ -17,9 +17,9 @@ import time
 from typing import Any
 
 import aiohttp
+from agentscale_harness.local import free_port
 from agentscale_worker.config import Graph
 from agentscale_worker.examples import sample_input
-from agentscale_worker.local import free_port
 
 from .loadgen import closed_loop, sync_run_op
 from .openloop import open_loop
@@ -33,8 +33,9 @@ OVERLOAD = 1.25
 DURATION_S = 20
 SLOTS = 1
 HANDLER = "bench.dataplane.handlers:encode_large"
-# simulated service time: encoder-large's measured shape (bench_balancing) slowed 4x, about 23 ms a run, so
-# the gateway and the load generator have the CPU to spare
+# simulated service time, typed in (not results/profile.json): bench_balancing's SIM_PROFILE x4,
+# 20 ms + 3.2 ms per sample, about 23 ms a run, so the gateway and the load generator have the CPU to spare;
+# every published priority result (results/priority.json, ``sim_profile``) used these numbers
 SIM_PROFILE = {"base_ms": 20.0, "per_sample_ms": 3.2, "max_batch": 64}
 
 
@@ -100,9 +101,10 @@ def main() -> dict[str, Any]:
         profile.write_text(json.dumps({"models": {"encoder-large": SIM_PROFILE}}))
         port = free_port()
         sim = stack.spawn(
-            ["simserver", "--model", "encoder-large", "--port", str(port), "--profile", str(profile)],
+            ["--model", "encoder-large", "--port", str(port), "--profile", str(profile)],
             env,
             "sim",
+            module="agentscale_harness.sim",
         )
         wait_port(port, sim)
         worker = stack.spawn(

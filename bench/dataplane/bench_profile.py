@@ -1,6 +1,6 @@
 """Measure latency versus batch size of every example model on the real tritonserver (CPU), fit
 ``service_ms = base_ms + per_sample_ms * batch`` per model, and write results/profile.json: the profile the
-SIMULATED model server (agentscale_worker/sim.py) follows."""
+SIMULATED model server (workloads/agentscale_harness/sim.py) follows."""
 
 # ruff: noqa: E501 - long prose strings and result tables
 
@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from agentscale_harness.local import TritonServer
 from agentscale_worker.examples.nets import SPECS
-from agentscale_worker.local import TritonServer
 from agentscale_worker.triton import ModelClient
 
 from .stack import percentile, save, triton_config

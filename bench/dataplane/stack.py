@@ -16,8 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from agentscale.render.triton import config_pbtxt
+from agentscale_harness.local import RedisServer, TritonServer, free_port
+from agentscale_harness.models import bench_model
 from agentscale_worker.config import Graph
-from agentscale_worker.local import RedisServer, TritonServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -37,16 +39,10 @@ def machine() -> str:
     return f"{os.cpu_count()} vCPU ({cpu}), {mem} RAM, {platform.system()} {platform.release()}, no GPU"
 
 
-def triton_config(name: str, batching: bool, max_batch: int = 64, instances: int = 1) -> str:
-    dyn = (
-        "dynamic_batching {\n  preferred_batch_size: [ 16, 32 ]\n  max_queue_delay_microseconds: 2000\n}\n"
-        if batching
-        else ""
-    )
-    return (
-        f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_batch}\n{dyn}'
-        f"instance_group [ {{ count: {instances}, kind: KIND_CPU }} ]\n"
-    )
+def triton_config(name: str, batching: bool, max_batch: int = 64) -> str:
+    """config.pbtxt of the benchmarks' model server for ``name`` (Python backend, one CPU instance, max batch
+    64, dynamic batching 16/32 within 2 ms or none), rendered by the operator's ``config_pbtxt``."""
+    return config_pbtxt(bench_model(name, batching, max_batch))
 
 
 def wait_http(url: str, timeout_s: float = 30) -> None:
@@ -90,11 +86,12 @@ class Stack:
         env.update(extra)
         return env
 
-    def spawn(self, args: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, args: list[str], env: dict[str, str], name: str, module: str = "agentscale_worker"
+    ) -> subprocess.Popen[bytes]:
+        """``python -m <module> <args>``: the worker CLI, or ``agentscale_harness.sim`` (simulated server)."""
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115
-        p = subprocess.Popen(
-            [sys.executable, "-m", "agentscale_worker", *args], env=env, stdout=log, stderr=log
-        )
+        p = subprocess.Popen([sys.executable, "-m", module, *args], env=env, stdout=log, stderr=log)
         self.procs.append(p)
         return p
 

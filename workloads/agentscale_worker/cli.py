@@ -1,10 +1,12 @@
-"""``agentscale-worker``: the entrypoint of step, gateway and simulated model-server pods.
+"""``agentscale-worker``: the entrypoint of step and gateway pods.
 
   agentscale-worker step --handler package.module:function
   agentscale-worker gateway [--port 8080] [--validator package.module:function]
-  agentscale-worker simserver --port 8001 --model NAME [--profile FILE] [--speed 1.0]
 
-Configuration comes from the AGENTSCALE_* environment (docs/dataplane.md); flags override it."""
+Configuration comes from the AGENTSCALE_* environment (docs/dataplane.md); flags override it. The gateway
+validates run inputs only when told which function to use (``--validator`` or AGENTSCALE_VALIDATOR); by
+default it accepts any JSON input. The simulated model server of the benchmarks is not here: it is test
+harness (``python -m agentscale_harness.sim``, never in the worker image)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from typing import Any
 from .config import Settings
 
 
-def _loop_policy() -> None:
+def _use_uvloop() -> None:
     with contextlib.suppress(ImportError):
         import uvloop
 
@@ -59,28 +61,21 @@ async def _gateway(args: argparse.Namespace) -> None:
     if args.metrics_port is not None:
         overrides["metrics_port"] = args.metrics_port
     settings = Settings.from_env(**overrides)
-    validator: Any = None
-    if args.validator:
-        validator = load_handler(args.validator)
-    else:
-        from .examples import VALIDATORS
-
-        validator = VALIDATORS.get(settings.workflow)
+    spec = args.validator or settings.validator
+    validator: Any = load_handler(spec) if spec else None
     gw = Gateway(settings, validator)
     stop = asyncio.Event()
     _on_signals(stop.set)
     port = await gw.start(port=args.port)
-    logging.info("gateway for %s/%s on :%d", settings.namespace, settings.workflow, port)
+    logging.info(
+        "gateway for %s/%s on :%d, input validator %s",
+        settings.namespace,
+        settings.workflow,
+        port,
+        spec or "none",
+    )
     await stop.wait()
     await gw.stop()
-
-
-async def _simserver(args: argparse.Namespace) -> None:
-    from .sim import serve
-
-    stop = asyncio.Event()
-    _on_signals(stop.set)
-    await serve(args.model, args.port, args.profile, args.speed, stop)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,17 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     step.add_argument("--metrics-port", type=int)
     gw = sub.add_parser("gateway", help="serve the workflow's HTTP API")
     gw.add_argument("--port", type=int, help="overrides AGENTSCALE_GATEWAY_PORT (8080)")
-    gw.add_argument("--validator", help="package.module:function returning an error message or None")
+    gw.add_argument(
+        "--validator",
+        help="package.module:function taking the run input and returning an error message or None; "
+        "overrides AGENTSCALE_VALIDATOR (default: no validation)",
+    )
     gw.add_argument("--metrics-port", type=int)
-    sim = sub.add_parser("simserver", help="SIMULATED Triton (KServe v2 gRPC) for scale tests")
-    sim.add_argument("--model", action="append", required=True)
-    sim.add_argument("--port", type=int, default=8001)
-    sim.add_argument("--profile", help="latency profile JSON (default: the one measured on real Triton)")
-    sim.add_argument("--speed", type=float, default=1.0, help="latency multiplier (2 = twice as slow)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    _loop_policy()
-    run = {"step": _step, "gateway": _gateway, "simserver": _simserver}[args.cmd]
+    _use_uvloop()
+    run = {"step": _step, "gateway": _gateway}[args.cmd]
     asyncio.run(run(args))
     return 0
 

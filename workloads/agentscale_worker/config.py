@@ -152,6 +152,7 @@ class Settings:
     model_unavailable_budget_s: float = 300.0
     result_ttl_s: int = 3600
     stream_maxlen: int = 1_000_000
+    validator: str = ""  # gateway: package.module:function checking run inputs; "" accepts any JSON input
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -178,6 +179,7 @@ class Settings:
             claim_idle_ms=int(_env(e, "AGENTSCALE_CLAIM_IDLE_MS", "30000")),
             request_timeout_s=float(_env(e, "AGENTSCALE_REQUEST_TIMEOUT_S", "30")),
             model_unavailable_budget_s=float(_env(e, "AGENTSCALE_MODEL_UNAVAILABLE_BUDGET_S", "300")),
+            validator=_env(e, "AGENTSCALE_VALIDATOR", ""),
         )
         values.update(overrides)
         s = cls(**values)

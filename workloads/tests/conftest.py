@@ -11,11 +11,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from agentscale_harness.local import RedisServer, TritonServer
 from agentscale_worker.config import Graph, Settings
 from agentscale_worker.examples import WORKFLOWS, graph
 from agentscale_worker.gateway import Gateway
 from agentscale_worker.handler import load_handler
-from agentscale_worker.local import RedisServer, TritonServer
 from agentscale_worker.runtime import StepWorker
 
 WORKLOADS = Path(__file__).resolve().parents[1]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from agentscale_harness.local import RedisServer, TritonServer
 from agentscale_worker.examples import VALIDATORS, WORKFLOWS, run_local, sample_input
-from agentscale_worker.local import RedisServer, TritonServer
 
 from .conftest import assert_close, example_flow
 

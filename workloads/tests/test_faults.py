@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from agentscale_harness.local import RedisServer, TritonServer, free_port, wait_until
 from agentscale_worker import metrics, streams
 from agentscale_worker.config import Graph
 from agentscale_worker.examples import (
@@ -22,7 +23,6 @@ from agentscale_worker.examples import (
     sample_input,
 )
 from agentscale_worker.handler import load_handler
-from agentscale_worker.local import RedisServer, TritonServer, free_port, wait_until
 from agentscale_worker.runtime import StepWorker
 from agentscale_worker.streams import redis_client
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from agentscale_harness.local import RedisServer, wait_until
 from agentscale_worker import metrics, streams
 from agentscale_worker.config import Graph
 from agentscale_worker.consume import entries_of
 from agentscale_worker.handler import load_handler
 from agentscale_worker.lanes import LANES, lane_of
-from agentscale_worker.local import RedisServer, wait_until
 from agentscale_worker.runtime import StepWorker
 from agentscale_worker.streams import redis_client
 

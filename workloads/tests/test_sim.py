@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import numpy as np
-from agentscale_worker.sim import Profile, start
+from agentscale_harness.sim import Profile, start
 from agentscale_worker.triton import ModelClient
 
 

@@ -7,10 +7,10 @@ import json
 from typing import Any
 
 import numpy as np
+from agentscale_harness.local import RedisServer
 from agentscale_worker import streams
 from agentscale_worker.batching import BatchWindow
 from agentscale_worker.examples import graph
-from agentscale_worker.local import RedisServer
 from agentscale_worker.runtime import StepWorker
 from agentscale_worker.streams import ensure_group, redis_client
 from agentscale_worker.triton import Arrays, ModelClient

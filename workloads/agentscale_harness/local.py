@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MODEL_REPO = Path(__file__).resolve().parents[1] / "models"
+from .models import MODEL_REPO, cpu_config
 
 
 def free_port() -> int:
@@ -123,7 +123,9 @@ def model_site_path() -> str:
 
 @dataclass
 class TritonServer:
-    """A real tritonserver (CPU) serving ``models`` from the repository (all of them by default)."""
+    """A real tritonserver (CPU) serving ``models`` from the repository (all of them by default), each with
+    the ``config.pbtxt`` the operator renders for it on a machine without a GPU (``models.cpu_config``) unless
+    ``config_overrides`` names another (also rendered, by the callers in this repository)."""
 
     workdir: Path
     models: list[str] | None = None
@@ -143,12 +145,12 @@ class TritonServer:
         repo.mkdir(parents=True, exist_ok=True)
         for model_dir in sorted(MODEL_REPO.iterdir()):
             name = model_dir.name
-            if not (model_dir / "config.pbtxt").exists() or (self.models and name not in self.models):
+            if not (model_dir / "1" / "model.py").exists() or (self.models and name not in self.models):
                 continue
             dst = repo / name
             (dst / "1").mkdir(parents=True, exist_ok=True)
             shutil.copy2(model_dir / "1" / "model.py", dst / "1" / "model.py")
-            text = self.config_overrides.get(name) or (model_dir / "config.pbtxt").read_text()
+            text = self.config_overrides.get(name) or cpu_config(name)
             (dst / "config.pbtxt").write_text(text)
         return repo
 

@@ -7,24 +7,29 @@ Latency model (per instance, requests queue FIFO and are batched like Triton's d
 The default profile's numbers come from the real tritonserver runs on this project's 2-core CPU machine:
 ``bench/dataplane/results/profile.json`` (written by ``bench/dataplane/bench_profile.py``, which times
 sequential requests of each batch size against the real Python-backend model and fits the line).
-Outputs are zeros of the shapes the real model declares (``examples/nets.SPECS``)."""
+Outputs are zeros of the shapes the real model declares (``agentscale_worker.examples.nets.SPECS``).
+
+    python -m agentscale_harness.sim --model NAME [--model NAME ...] --port 8001 [--profile F] [--speed 1]"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import json
+import logging
+import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
+from agentscale_worker.examples.nets import SPECS
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from .examples.nets import SPECS
-
 DEFAULT_PROFILE = Path(__file__).resolve().parents[2] / "bench" / "dataplane" / "results" / "profile.json"
-FALLBACK = {"base_ms": 1.2, "per_sample_ms": 0.05, "max_batch": 64, "source": "fallback constants"}
 
 
 @dataclass
@@ -38,11 +43,13 @@ class Profile:
 
     @classmethod
     def load(cls, path: str | Path | None, model: str) -> Profile:
+        """``model``'s line from a profile file (default: the measured one), or the file's ``default`` entry
+        (bench_profile.py writes the first model's fit there). No invented numbers: a missing file raises."""
         p = Path(path) if path else DEFAULT_PROFILE
-        raw: dict[str, Any] = dict(FALLBACK)
-        if p.exists():
-            data = json.loads(p.read_text())
-            raw = data.get("models", {}).get(model) or data.get("default") or raw
+        data = json.loads(p.read_text())
+        raw: dict[str, Any] | None = data.get("models", {}).get(model) or data.get("default")
+        if raw is None:
+            raise KeyError(f"profile {p} has no line for model {model!r} and no 'default'")
         return cls(float(raw["base_ms"]), float(raw["per_sample_ms"]), int(raw.get("max_batch", 64)))
 
 
@@ -123,3 +130,31 @@ async def serve(models: list[str], port: int, profile: str | None, speed: float,
     for s in sims.values():
         if s.task:
             s.task.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agentscale_harness.sim", description="SIMULATED Triton")
+    parser.add_argument("--model", action="append", required=True)
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--profile", help="latency profile JSON (default: the one measured on real Triton)")
+    parser.add_argument("--speed", type=float, default=1.0, help="latency multiplier (2 = twice as slow)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(args.model, args.port, args.profile, args.speed, stop)
+
+    with contextlib.suppress(ImportError):  # as the worker CLI does
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
