@@ -22,6 +22,7 @@ from agentscale import kinds
 
 log = logging.getLogger(__name__)
 
+
 class ApiError(Exception):
     def __init__(self, status: int, body: dict[str, Any] | str, what: str) -> None:
         self.status = status

@@ -44,4 +44,3 @@ def labels(wf: AgentWorkflow, component: str, part: str | None = None) -> dict[s
     }
     out.update(selector_labels(wf, component, part))
     return out
-
