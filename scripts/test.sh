@@ -34,7 +34,7 @@ scripts/bootstrap.sh
 stage "lint and types"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy operator/agentscale workloads/agentscale_worker
+.venv/bin/mypy operator/agentscale workloads/agentscale_worker workloads/agentscale_harness
 
 stage "operator unit tests"
 run_pytest operator/tests -q -p no:cacheprovider
