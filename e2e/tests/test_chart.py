@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -272,6 +273,11 @@ def release(cluster_helm: Helm, kubectl: Any) -> Iterator[Release]:
     """One install, shared by the read-only checks below; uninstalled afterwards."""
     ns = _namespace(kubectl, "e2e-chart")
     rel = _install(cluster_helm, ns, "agentscale")
+    # The API server's RBAC cache learns new bindings from a watch: wait for it before asking can-i.
+    deadline = time.monotonic() + 30
+    while not _can_i(kubectl, rel, "patch", "agentworkflows.agentscale.io/status", "default"):
+        assert time.monotonic() < deadline, "the chart's ClusterRoleBinding did not take effect in 30 s"
+        time.sleep(0.5)
     yield rel
     if os.environ.get("AGENTSCALE_E2E_KEEP") != "1":
         cluster_helm.run("uninstall", rel.name, "--namespace", ns, "--wait", timeout=120)
