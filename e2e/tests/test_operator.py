@@ -111,6 +111,11 @@ def test_example_converges_with_gpu_pods_on_gpu_nodes(
         node = pod["spec"]["nodeName"]
         assert gpu_nodes[node] == wants_gpu, f"{pod['metadata']['name']} (gpu={wants_gpu}) ran on {node}"
 
+    # What the API server stored (defaults, omitted empty values, canonical quantities) is not drift.
+    events = kubectl.json("-n", namespace, "get", "events", "--field-selector", f"involvedObject.name={name}")
+    drift = [e["message"] for e in events["items"] if e["reason"] in ("DriftCorrected", "DriftPersists")]
+    assert drift == [], drift
+
 
 # --- GPU shortage
 

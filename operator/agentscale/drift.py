@@ -4,49 +4,22 @@ Only what the operator renders is compared, so fields the API server defaults, a
 own (an HPA's ``spec.replicas`` in mode hpa: the renderer leaves the field out), never count as drift. Lists
 of named items (containers, env, ports, volumes) are matched by name, and items someone else added are left
 alone (server-side apply would leave them too); other lists are compared item by item. Quantities compare by
-value, since the API server writes ``0.5`` back as ``500m``.
+value, since the API server writes ``0.5`` back as ``500m``, and empty values we send (``value: ""``,
+``false``, ``{}``) equal an omitted field, since the API server drops them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
 from typing import Any
+
+from agentscale.api.models import parse_quantity
 
 # Everything a person can edit on our children except status and bookkeeping.
 _COMPARED_META = ("labels", "annotations", "ownerReferences")
 _IGNORED_TOP = ("apiVersion", "kind", "metadata", "status")
-
-_QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$")
-_SUFFIX = {
-    "": Decimal(1),
-    "n": Decimal("1e-9"),
-    "u": Decimal("1e-6"),
-    "m": Decimal("1e-3"),
-    "k": Decimal("1e3"),
-    "M": Decimal("1e6"),
-    "G": Decimal("1e9"),
-    "T": Decimal("1e12"),
-    "P": Decimal("1e15"),
-    "E": Decimal("1e18"),
-    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
-}
-
-
-def quantity(value: Any) -> Decimal | None:
-    """A Kubernetes quantity's value, or None if ``value`` is not one."""
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        return None
-    m = _QUANTITY.match(str(value))
-    if not m:
-        return None
-    try:
-        return Decimal(m.group(1)) * _SUFFIX[m.group(2) or ""]
-    except InvalidOperation:
-        return None
 
 
 def live_digest(body: Mapping[str, Any]) -> str:
@@ -64,8 +37,10 @@ def live_digest(body: Mapping[str, Any]) -> str:
 def _same_scalar(want: Any, have: Any) -> bool:
     if want == have and type(want) is type(have):
         return True
+    if have is None and want in ("", False, 0):
+        return True  # the API server omits empty values of omitempty fields (env value "", false flags)
     if isinstance(want, str | int) and isinstance(have, str | int) and not isinstance(want, bool):
-        a, b = quantity(want), quantity(have)
+        a, b = parse_quantity(want), parse_quantity(have)
         return a is not None and a == b
     return False
 
@@ -75,6 +50,8 @@ def _named(items: list[Any]) -> bool:
 
 
 def _diff(want: Any, have: Any, path: str, out: list[str]) -> None:
+    if have is None and isinstance(want, Mapping | list) and not want:
+        return  # an empty map or list we send may come back omitted
     if isinstance(want, Mapping):
         if not isinstance(have, Mapping):
             out.append(path)

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 from agentscale.api.models import AgentWorkflow
+from agentscale.api.models import parse_quantity as quantity
 from agentscale.api.validation import parse_spec
-from agentscale.drift import drifted_fields, live_digest, quantity
+from agentscale.drift import drifted_fields, live_digest
 from agentscale.render import child_key, render_workflow
 from conftest import minimal_spec
 
@@ -23,6 +24,8 @@ def as_live(obj: dict[str, Any]) -> dict[str, Any]:
     """What the API server would hand back: defaults filled in, bookkeeping and status added."""
     live = copy.deepcopy(obj)
     live["metadata"].update({"resourceVersion": "42", "uid": "x", "generation": 3, "managedFields": [{}]})
+    if live["kind"] == "Service":
+        live["spec"] = {k: v for k, v in live["spec"].items() if v is not False}  # omitempty booleans
     if live["kind"] == "Deployment":
         spec = live["spec"]
         spec["progressDeadlineSeconds"] = 600
@@ -31,6 +34,9 @@ def as_live(obj: dict[str, Any]) -> dict[str, Any]:
         c = pod["containers"][0]
         c["terminationMessagePath"] = "/dev/termination-log"
         c.setdefault("env", []).append({"name": "ADDED_ELSEWHERE", "value": "1"})  # another manager's
+        for e in c.get("env", []):
+            if e.get("value") == "":
+                del e["value"]  # omitempty: the API server drops empty strings
         req = c["resources"].setdefault("requests", {})
         if req.get("cpu") == "100m":
             req["cpu"] = "0.1"  # the same quantity, written differently
@@ -42,7 +48,7 @@ def test_quantities_compare_by_value() -> None:
     assert quantity("500m") == quantity("0.5") == Decimal("0.5")
     assert quantity("1Gi") == quantity(1073741824)
     assert quantity("1e3") == quantity("1k")
-    assert quantity("banana") is None and quantity(True) is None
+    assert quantity("banana") is None and quantity(True) is None and quantity("500m") != quantity("5")
 
 
 def test_untouched_children_have_no_drift() -> None:
