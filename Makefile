@@ -1,7 +1,7 @@
 # The two commands a new machine needs (see README):
 #   make demo   - local cluster + operator + a workflow under load
 #   make test   - everything CI runs
-.PHONY: demo test crd golden lint
+.PHONY: demo test crd rbac golden lint
 
 demo:
 	bash scripts/demo.sh
@@ -9,8 +9,13 @@ demo:
 test:
 	bash scripts/test.sh
 
-crd:
+crd:  # the CRD from the API models, its copy in the chart, and the API reference
 	.venv/bin/agentscale crd --write crds/agentscale.io_agentworkflows.yaml
+	cp crds/agentscale.io_agentworkflows.yaml charts/agentscale/crds/
+	.venv/bin/agentscale docs --write docs/api.md
+
+rbac:  # the chart's RBAC rules from the kinds table
+	.venv/bin/python -m agentscale.rbac --write charts/agentscale/files
 
 golden:
 	UPDATE_GOLDEN=1 .venv/bin/python -m pytest operator/tests/test_render.py -q

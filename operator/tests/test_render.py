@@ -203,3 +203,21 @@ def test_workflow_gpus(gpu: dict[str, Any] | None, replicas: int, expected: int)
     if gpu:
         model["gpu"] = gpu
     assert workflow_gpus(wf_from(minimal_spec(models=[model]))) == expected
+
+
+def test_gateway_validator_reaches_the_gateway_env_only_when_set() -> None:
+    from agentscale.api.models import AgentWorkflow
+    from agentscale.api.validation import parse_spec
+    from agentscale.render import render_workflow
+    from conftest import minimal_spec
+
+    def gateway_env(**gw: str) -> dict[str, str]:
+        spec = parse_spec(minimal_spec(gateway=gw))
+        objs = render_workflow(AgentWorkflow(metadata={"name": "w", "namespace": "n"}, spec=spec))
+        (dep,) = [o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "w-gateway"]
+        return {
+            e["name"]: e.get("value", "") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+
+    assert "AGENTSCALE_VALIDATOR" not in gateway_env()
+    assert gateway_env(validator="pkg.mod:check")["AGENTSCALE_VALIDATOR"] == "pkg.mod:check"

@@ -156,3 +156,9 @@ def test_resource_names() -> None:
     for bad in ("", "/cpu", "Example.com/foo", "cpu!", "a" * 254):
         found = problems(minimal_spec(steps=[{"name": "a", "resources": {"limits": {bad: "1"}}}]))
         assert any("is not a resource name" in p for p in found), (bad, found)
+
+
+def test_gateway_validator_is_a_module_function_reference() -> None:
+    (msg,) = problems(minimal_spec(gateway={"validator": "rm -rf /"}))
+    assert msg.startswith("spec.gateway.validator"), msg
+    parse_spec(minimal_spec(gateway={"validator": "agentscale_worker.examples.recommendation:validate"}))

@@ -528,6 +528,16 @@ class Gateway(_Model):
     enabled: bool = Field(True, description="Render the gateway Deployment and Service.")
     image: str = Field(DEFAULT_WORKER_IMAGE, min_length=1, max_length=512, description="Gateway image.")
     replicas: int = Field(1, ge=1, le=100, description="Gateway replicas.")
+    validator: str = Field(
+        "",
+        max_length=256,
+        pattern=r"^$|^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$",
+        description=(
+            "A function in the gateway image that checks each run's input before it is queued, as "
+            "package.module:function (it returns an error message or None; a message becomes a 422). "
+            "Empty: any JSON input is accepted."
+        ),
+    )
     resources: Resources = Field(default_factory=Resources, description="CPU and memory per gateway pod.")
     podAnnotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
         default_factory=dict,

@@ -179,7 +179,8 @@ def gateway_deployment(wf: AgentWorkflow) -> dict[str, Any]:
         "image": gw.image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["agentscale-worker", "gateway"],
-        "env": common_env(wf),
+        "env": common_env(wf)
+        + ([{"name": "AGENTSCALE_VALIDATOR", "value": gw.validator}] if gw.validator else []),
         "ports": [
             {"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
