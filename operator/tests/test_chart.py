@@ -1,6 +1,6 @@
 """The Helm chart's facts that need no helm binary: its CRD and RBAC rules are copies of the one source,
 and its values schema is closed. Rendering, `helm lint`, install, upgrade and uninstall are checked in
-e2e/tests/test_chart.py, where helm and a cluster exist.
+e2e/tests/test_chart_render.py and test_chart_install.py, where helm and a cluster exist.
 """
 
 from __future__ import annotations
