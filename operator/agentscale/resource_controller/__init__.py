@@ -1,0 +1,49 @@
+"""The resource controller: sensors (Prometheus), a pure decider, hands (the scale subresource), a loop.
+
+This step holds the decider only. Module map: job, then what it may import.
+
+- ``snapshot``: frozen inputs (parts, signals, bounds, the DAG) and ``Decision``. Imports
+  ``agentscale.api.models`` (``Scaling``: its bounds and ownership rules, the one home of both).
+- ``config``: ``PolicyConfig``, every knob with its default. Standard library.
+- ``queueing``: Little's law, backlog drain, M/M/c (Erlang C) quantiles. Standard library.
+- ``budgets``: the p95 target split along the DAG into per-part budgets. snapshot, config.
+- ``forecast``: Holt's trend forecast; feed-forward rates down the DAG. snapshot, config.
+- ``state``: what the decider remembers between cycles, as values. forecast.
+- ``rules``: mode queue (lag, queue time, rate) and mode slo sizing. snapshot, config, queueing, forecast.
+- ``stabilize``: panic, scale to zero, window, tolerance, cooldown, step limits. snapshot, config, queueing.
+- ``decide``: ``decide(snapshot, state, config)`` -> decisions and the next state. All of the above.
+
+Nothing here does I/O, reads the clock or imports kopf: time and every measurement are inputs.
+"""
+
+from agentscale.resource_controller.config import PolicyConfig
+from agentscale.resource_controller.decide import Outcome, decide
+from agentscale.resource_controller.snapshot import (
+    BatchProfile,
+    Bounds,
+    Decision,
+    Direction,
+    Part,
+    PartKind,
+    Rule,
+    Signals,
+    WorkflowSnapshot,
+)
+from agentscale.resource_controller.state import PartState, WorkflowState
+
+__all__ = [
+    "BatchProfile",
+    "Bounds",
+    "Decision",
+    "Direction",
+    "Outcome",
+    "Part",
+    "PartKind",
+    "PartState",
+    "PolicyConfig",
+    "Rule",
+    "Signals",
+    "WorkflowSnapshot",
+    "WorkflowState",
+    "decide",
+]

@@ -1,0 +1,80 @@
+"""Every knob of the resource controller's policy, with its default, in one place.
+
+Targets the API already carries (``targetQueueLagPerReplica``, ``targetQueueTimeMs``,
+``scaleDownStabilizationSeconds``, ``minReplicas``/``maxReplicas``) come per part from the snapshot, not from
+here. docs/tuning.md ("Resource controller policies") explains each knob.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    # -- sizing -----------------------------------------------------------------------------------------
+    target_utilization: float = 0.7
+    """Little's law sizing keeps each replica this busy (Knative's default target is 70%)."""
+    latency_quantile: float = 0.95
+    """The quantile the SLO names (p95)."""
+    correction_min: float = 0.5
+    correction_max: float = 2.0
+    """SLO mode: observed / predicted p95 at the current size, clamped to [min, max], scales the model."""
+    model_budget_share: float = 0.5
+    """SLO mode, models: the share of a calling step's budget given to the model when either latency is
+    unmeasured (otherwise the measured ratio model p95 / step p95)."""
+    budget_weight_floor: float = 0.05
+    """A step's weight in the budget split is at least this fraction of the heaviest step's."""
+
+    # -- bursts -----------------------------------------------------------------------------------------
+    panic_threshold: float = 2.0
+    """Panic when the short-window rate needs this many times the current replicas (Knative: 200%)."""
+    panic_stable_window_s: float = 60.0
+    """Leave panic once the threshold has not been crossed for this long (Knative's stable window)."""
+
+    # -- forecast and feed-forward ----------------------------------------------------------------------
+    holt_alpha: float = 0.5
+    """Holt's level smoothing (0..1; higher follows the rate faster)."""
+    holt_beta: float = 0.3
+    """Holt's trend smoothing (0..1)."""
+    forecast_horizon_min_s: float = 10.0
+    forecast_horizon_max_s: float = 60.0
+    """Forecast the rate this far ahead: the part's cold-start delay, clamped to [min, max]."""
+
+    # -- scale to zero ------------------------------------------------------------------------------------
+    idle_window_s: float = 300.0
+    """A part with minReplicas 0 goes to zero after this long with no arrivals and no lag."""
+
+    # -- never flap -------------------------------------------------------------------------------------
+    tolerance: float = 0.1
+    """Hold when the recommendation is within this fraction of the current replicas (the HPA's 10%)."""
+    cooldown_up_s: float = 15.0
+    """No scale-up this soon after a change (panic and wake skip it)."""
+    cooldown_down_s: float = 60.0
+    """No scale-down this soon after a change."""
+    max_up_factor: float = 2.0
+    max_up_pods: int = 4
+    """At most max(max_up_pods, current x (max_up_factor - 1)) replicas added per cycle (panic skips it)."""
+    max_down_fraction: float = 0.5
+    max_down_pods: int = 1
+    """At most max(max_down_pods, current x max_down_fraction) replicas removed per cycle."""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "target_utilization": 0 < self.target_utilization <= 1,
+            "latency_quantile": 0 < self.latency_quantile < 1,
+            "correction bounds": 0 < self.correction_min <= 1 <= self.correction_max,
+            "model_budget_share": 0 < self.model_budget_share <= 1,
+            "budget_weight_floor": 0 <= self.budget_weight_floor <= 1,
+            "panic_threshold": self.panic_threshold > 1,
+            "holt smoothing": 0 < self.holt_alpha <= 1 and 0 < self.holt_beta <= 1,
+            "forecast horizon": 0 <= self.forecast_horizon_min_s <= self.forecast_horizon_max_s,
+            "tolerance": 0 <= self.tolerance < 1,
+            "max_up": self.max_up_factor >= 1 and self.max_up_pods >= 1,
+            "max_down": 0 <= self.max_down_fraction <= 1 and self.max_down_pods >= 1,
+            "windows": min(self.panic_stable_window_s, self.idle_window_s) >= 0
+            and min(self.cooldown_up_s, self.cooldown_down_s) >= 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"PolicyConfig: out of range: {', '.join(bad)}")

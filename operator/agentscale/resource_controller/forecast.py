@@ -1,0 +1,118 @@
+"""Predictive and feed-forward arrival rates.
+
+Holt's linear trend (double exponential smoothing) forecasts each part's arrival rate a little ahead; its
+state is a small frozen value the caller carries from cycle to cycle, so every function here is pure.
+Feed-forward then pushes rates down the DAG: a step's planned rate is at least what its inputs will send it
+(input rate x the input's fan-out; a join takes the max of its inputs), and a model's is at least the sum of
+the steps that call it (one inference per message), so downstream parts scale before their queues build.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from agentscale.resource_controller.config import PolicyConfig
+from agentscale.resource_controller.snapshot import Part, WorkflowSnapshot, num
+
+
+@dataclass(frozen=True)
+class HoltState:
+    level: float
+    trend: float  # per second
+    at: float  # time of the last observation
+    observations: int = 1
+
+
+def holt_update(state: HoltState | None, value: float, now: float, alpha: float, beta: float) -> HoltState:
+    """Fold one observation in. The first sets the level; the second sets the trend to the observed slope
+    (so a linear ramp is followed exactly from then on); later ones smooth with alpha and beta. Observation
+    intervals may vary: the trend is per second."""
+    if state is None:
+        return HoltState(value, 0.0, now)
+    dt = now - state.at
+    if dt <= 0:
+        return state
+    if state.observations == 1:
+        return HoltState(value, (value - state.level) / dt, now, 2)
+    predicted = state.level + state.trend * dt
+    level = alpha * value + (1.0 - alpha) * predicted
+    trend = beta * (level - state.level) / dt + (1.0 - beta) * state.trend
+    return HoltState(level, trend, now, state.observations + 1)
+
+
+def holt_forecast(state: HoltState, horizon_s: float) -> float:
+    """The rate ``horizon_s`` after the last observation; never negative."""
+    return max(0.0, state.level + state.trend * horizon_s)
+
+
+def horizon_s(part: Part, cfg: PolicyConfig) -> float:
+    """How far ahead to look: the part's cold-start delay (what a replica ordered now needs to be ready),
+    clamped to [forecast_horizon_min_s, forecast_horizon_max_s]."""
+    return min(max(part.cold_start_s, cfg.forecast_horizon_min_s), cfg.forecast_horizon_max_s)
+
+
+@dataclass(frozen=True)
+class PlannedRate:
+    """The arrival rate a part is sized for, and where it came from (for the reason line)."""
+
+    rate: float | None
+    source: str  # "measured", "forecast +12s", "from a x 2", or "" when unknown
+
+    def describe(self) -> str:
+        if self.rate is None:
+            return "arrivals unknown"
+        return f"arrivals {num(self.rate)}/s" + (f" ({self.source})" if self.source != "measured" else "")
+
+
+def _best(candidates: list[tuple[float, str]]) -> PlannedRate:
+    if not candidates:
+        return PlannedRate(None, "")
+    rate, source = max(candidates, key=lambda c: c[0])
+    return PlannedRate(rate, source)
+
+
+def planned_rates(
+    snap: WorkflowSnapshot, holts: Mapping[str, HoltState | None], cfg: PolicyConfig
+) -> tuple[dict[str, PlannedRate], dict[str, HoltState | None]]:
+    """Per part key, the rate to size for: the highest of the measured rate, its forecast (only ever
+    raises) and what the DAG feeds it. Returns the updated Holt states too (unchanged where the rate is
+    unknown this cycle)."""
+    new_holts: dict[str, HoltState | None] = {}
+    own: dict[str, list[tuple[float, str]]] = {}
+    for p in snap.parts:
+        holt = holts.get(p.key)
+        measured = p.signals.arrival_rps
+        candidates: list[tuple[float, str]] = []
+        if measured is not None:
+            holt = holt_update(holt, measured, snap.now, cfg.holt_alpha, cfg.holt_beta)
+            candidates.append((measured, "measured"))
+            h = horizon_s(p, cfg)
+            if holt.observations >= 2:
+                candidates.append((holt_forecast(holt, h), f"forecast +{num(h)}s"))
+        new_holts[p.key] = holt
+        own[p.key] = candidates
+
+    out: dict[str, PlannedRate] = {}
+    by_name = {p.name: p for p in snap.steps}
+    feeders: dict[str, list[str]] = {name: [] for name in by_name}
+    for p in snap.steps:
+        for n in p.next:
+            feeders[n].append(p.name)
+    for name in snap.step_order():
+        candidates = list(own[f"step/{name}"])
+        for f in feeders[name]:  # a join takes the max of its inputs: max over all candidates
+            fed = out[f"step/{f}"].rate
+            if fed is not None:
+                fan = by_name[f].signals.fan_out
+                fan = 1.0 if fan is None or fan < 0 else fan
+                candidates.append((fed * fan, f"from {f}" + (f" x {num(fan)}" if fan != 1.0 else "")))
+        out[f"step/{name}"] = _best(candidates)
+    for m in snap.models:
+        candidates = list(own[m.key])
+        callers = [out[f"step/{s.name}"].rate for s in snap.steps if s.model == m.name]
+        known = [r for r in callers if r is not None]
+        if known:
+            candidates.append((sum(known), "from its steps"))
+        out[m.key] = _best(candidates)
+    return out, new_holts
