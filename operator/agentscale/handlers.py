@@ -140,6 +140,7 @@ async def _child_event(
     ctl = _controller(memo, kw)
     key = (namespace, labels.get(L.WORKFLOW_LABEL, ""))
     if type == "DELETED":
+        ctl.child_gone(key, (str(body.get("kind", "")), str(body.metadata.name or "")))
         ctl.schedule(key, force=True)  # finds nothing to do when the spec no longer wants it
     else:
         ctl.check_drift(key, body)

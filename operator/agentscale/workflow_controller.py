@@ -153,6 +153,11 @@ class WorkflowController:
         self.drifted.setdefault(key, {})[ck] = fields
         self._schedule_correction(key, ck, fields)
 
+    def child_gone(self, key: Key, ck: ChildKey) -> None:
+        """A child was deleted: forget what was verified about it (the reconcile puts it back if wanted)."""
+        self.verified.get(key, {}).pop(ck, None)
+        self.drifted.get(key, {}).pop(ck, None)
+
     def _schedule_correction(self, key: Key, ck: ChildKey, fields: list[str]) -> None:
         """Put a drifted child back now, or later when something keeps changing it (a webhook or another
         controller fighting us): back off exponentially instead of writing in a tight loop."""
@@ -208,7 +213,12 @@ class WorkflowController:
         plan: Plan = plan_children(wf, rendered.objects(), self.cache.existing_children(key), drifted)
         outcome = Outcome()
         if not plan.empty:
-            outcome = await execute(self.client, key[0], plan)
+            try:
+                outcome = await execute(self.client, key[0], plan)
+            except BaseException:
+                # Not put back yet: keep the drift for the retry (newer findings win).
+                self.drifted[key] = {**drifted, **self.drifted.get(key, {})}
+                raise
         error = "; ".join(outcome.rejected)
         self.state[key] = WorkflowState(generation, wf, [], error)
         if outcome.rejected:

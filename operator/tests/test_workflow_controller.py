@@ -7,6 +7,9 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
+from agentscale import kinds
+from agentscale.reconcile import ExistingChild
 from agentscale.workflow_controller import WorkflowController
 from conftest import minimal_spec
 
@@ -152,3 +155,29 @@ async def test_a_child_that_keeps_drifting_backs_off() -> None:
     assert op.corrections[(key, ck)][0] == 5
     assert len(op._posts) == 1
     await asyncio.gather(*op._posts)
+
+
+class FailingClient(NullClient):
+    """Stands in for KubeClient in this unit test only: every apply fails as if the API server were down."""
+
+    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("apiserver unavailable")
+
+
+async def test_drift_survives_a_failed_correction() -> None:
+    key = ("ns", "wf")
+    op = WorkflowController(FailingClient(), reconcile_workers=0)  # type: ignore[arg-type]
+    rec = {**record(1), "spec": minimal_spec()}
+    op.cache.bind({"agentworkflows_idx": Store({key: [rec]})})
+    rendered = op.render(key, rec)
+    by_kind: dict[str, list[ExistingChild]] = {}
+    for (kind, name), raw in rendered.children.items():
+        digest = json.loads(raw)["metadata"]["annotations"]["agentscale.io/spec-hash"]
+        by_kind.setdefault(kind, []).append(ExistingChild(kind, name, digest))
+    op.cache.bind({k.index_id: Store({key: by_kind.get(k.kind, [])}) for k in kinds.OWNED})
+    assert op.cache.existing_children(key).keys() == rendered.children.keys()
+    ck = ("ConfigMap", "wf-m-config")
+    op.drifted[key] = {ck: ["data.config.pbtxt"]}
+    with pytest.raises(RuntimeError):
+        await op.reconcile(key, rec)
+    assert op.drifted[key] == {ck: ["data.config.pbtxt"]}
