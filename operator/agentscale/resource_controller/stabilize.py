@@ -71,6 +71,8 @@ def remember(
     """The window's recommendations with this one added; a part seen for the first time starts with its
     current replicas as if recommended now, so it cannot scale down for one window (e.g. after a leader
     change loses the state)."""
+    if window_s <= 0:
+        return ((now, recommendation),)
     if not history:
         history = ((now, current),)
     kept = tuple((t, r) for t, r in history if t >= now - window_s and t <= now)
