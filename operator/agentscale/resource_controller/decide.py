@@ -90,6 +90,9 @@ def decide_part(
             why += f" >= {num(cfg.panic_threshold)} x {max(cur, 1)}"
         w.set(need, Rule.Panic, why)
 
+    if panic and w.rule != Rule.Panic:
+        w.why += ", in panic"  # no step limit or up cooldown, no scale-down: say so
+
     # 4. scale to zero and back
     idle_now = S.idle(part) if lo == 0 else None
     idle_since = S.next_idle_since(prev.idle_since, idle_now, now)

@@ -98,7 +98,8 @@ def replicas_for_quantile(
         b = a * b / (c + a * b)
         if c < first or a >= c:
             continue
-        if _quantile(c, lam, mu, _c_from_b(c, a, b), q) <= target_s:
+        # the quantile is within the target iff the tail beyond the target is within 1 - q (it falls in t)
+        if sojourn_tail(target_s, c, lam, mu, _c_from_b(c, a, b)) <= 1.0 - q:
             return c
     return None
 
