@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what agentscale needs on a fresh Debian machine (idempotent, safe to re-run):
-#   - Debian packages: redis-server (queue tests), python3-numpy (Triton's Python-backend stub imports the
-#     system numpy), curl/procps for the scripts.
+#   - Debian packages: redis-server (queue tests), prometheus (resource controller signals tests),
+#     python3-numpy (Triton's Python-backend stub imports the system numpy), curl/procps for the scripts.
 #   - .venv with the operator, the worker distribution, the test harness and the dev tools (pytest, ruff,
 #     mypy, tritonserver wheel).
 # The Go-built cluster binaries are cached separately by e2e/cluster/build.sh.
@@ -12,6 +12,7 @@ log() { printf '[%s] bootstrap: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 python3 -c 'import sys; sys.path.insert(0, "/usr/lib/python3/dist-packages"); import numpy' >/dev/null 2>&1 \
   || [ -d /usr/lib/python3/dist-packages/numpy ] || need_apt+=(python3-numpy)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
@@ -22,7 +23,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
-# The system redis-server service is not used: tests start their own on free ports.
+# The system redis-server and prometheus services are not used: tests start their own on free ports.
 
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3

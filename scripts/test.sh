@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command (README, .ci/run): installs what it needs, then
 #   1. lint and types (ruff check, ruff format --check, mypy)
-#   2. operator unit tests (golden YAML, CRD drift, kubernetes-validate)
+#   2. operator tests (golden YAML, CRD drift, kubernetes-validate; signals against a real prometheus)
 #   3. data-plane tests against a real tritonserver and real redis-server
 #   4. the end-to-end suite against a real local cluster (kube-apiserver, etcd, controller-manager,
 #      scheduler, metrics-server, kwok GPU nodes), which it builds (cached) and starts, then stops.
@@ -36,8 +36,8 @@ stage "lint and types"
 .venv/bin/ruff format --check .
 .venv/bin/mypy operator/agentscale workloads/agentscale_worker workloads/agentscale_harness
 
-stage "operator unit tests"
-run_pytest operator/tests -q -p no:cacheprovider
+stage "operator tests (unit, and the resource controller's signals against a real prometheus)"
+AGENTSCALE_REQUIRE_SERVICES=1 run_pytest operator/tests -q -p no:cacheprovider
 
 stage "data-plane tests (real tritonserver + redis-server)"
 AGENTSCALE_REQUIRE_SERVICES=1 run_pytest workloads/tests -q -p no:cacheprovider

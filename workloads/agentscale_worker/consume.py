@@ -28,7 +28,7 @@ async def consume(
     inflight: InFlight,
     stopping: asyncio.Event,
     recreate_groups: Callable[[], Awaitable[None]],
-    labels: tuple[str, str],
+    labels: metrics.StepLabels,
 ) -> None:
     """Strict priority across the lanes: take what the higher lanes hold before looking lower.
 
@@ -71,6 +71,6 @@ async def consume(
         except streams.REDIS_ERRORS as e:
             failures += 1
             metrics.ERRORS.labels(*labels, "redis").inc()
-            log.warning("reading the streams of step %s failed (%s); retrying", labels[1], e)
+            log.warning("reading the streams of step %s failed (%s); retrying", labels.step, e)
             await asyncio.sleep(backoff_s(failures, 0.1, 2.0))
             continue

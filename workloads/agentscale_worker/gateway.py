@@ -96,7 +96,7 @@ class Gateway:
         self._bg: list[asyncio.Task[None]] = []
         self._closing = False
         self._runners: list[web.AppRunner] = []
-        self.wf = settings.workflow
+        self.wf_labels = (settings.namespace, settings.workflow)  # the values of metrics.WORKFLOW_LABELS
 
     # ---- lifecycle ----------------------------------------------------------------------------------
 
@@ -171,14 +171,14 @@ class Gateway:
         while not self._closing:
             with contextlib.suppress(*REDIS_ERRORS, ValueError):
                 self._backlog = int(await self.redis.get(key) or 0)
-                metrics.GATEWAY_BACKLOG.labels(self.wf).set(self._backlog)
-                metrics.GATEWAY_THROUGHPUT.labels(self.wf).set(self._meter.rate(time.monotonic()))
+                metrics.GATEWAY_BACKLOG.labels(*self.wf_labels).set(self._backlog)
+                metrics.GATEWAY_THROUGHPUT.labels(*self.wf_labels).set(self._meter.rate(time.monotonic()))
             await asyncio.sleep(0.05)
 
     # ---- routes -------------------------------------------------------------------------------------
 
     def _error(self, route: str, code: int, message: str, **extra: Any) -> web.Response:
-        metrics.GATEWAY_REQUESTS.labels(self.wf, route, str(code)).inc()
+        metrics.GATEWAY_REQUESTS.labels(*self.wf_labels, route, str(code)).inc()
         headers = {"Retry-After": str(extra.pop("retry_after"))} if "retry_after" in extra else None
         return web.json_response({"error": message, **extra}, status=code, headers=headers)
 
@@ -200,7 +200,7 @@ class Gateway:
             fallback_rps=g.target_rps,
         )
         if not decision.admit:
-            metrics.GATEWAY_SHED.labels(self.wf, str(req["priority"])).inc()
+            metrics.GATEWAY_SHED.labels(*self.wf_labels, str(req["priority"])).inc()
             return self._error(
                 route,
                 429,
@@ -244,8 +244,8 @@ class Gateway:
         finally:
             self._waiters.pop(run_id, None)
         if state.get("status") == "done":
-            metrics.GATEWAY_LATENCY.labels(self.wf).observe(time.monotonic() - started)
-            metrics.GATEWAY_REQUESTS.labels(self.wf, route, "200").inc()
+            metrics.GATEWAY_LATENCY.labels(*self.wf_labels).observe(time.monotonic() - started)
+            metrics.GATEWAY_REQUESTS.labels(*self.wf_labels, route, "200").inc()
             state["latency_ms"] = round((time.monotonic() - started) * 1000, 3)
             return web.json_response(state)
         if state.get("status") == "failed":
@@ -270,7 +270,7 @@ class Gateway:
             return self._error(route, 503, f"queue unavailable: {e}", retry_after=1)
         if not created:
             return self._error(route, 409, f"run {req['run_id']} already exists", run_id=req["run_id"])
-        metrics.GATEWAY_REQUESTS.labels(self.wf, route, "202").inc()
+        metrics.GATEWAY_REQUESTS.labels(*self.wf_labels, route, "202").inc()
         return web.json_response(
             {"run_id": req["run_id"], "status": "queued", "status_url": f"/v1/runs/{req['run_id']}"},
             status=202,
@@ -296,7 +296,7 @@ class Gateway:
             return self._error("get", 503, f"queue unavailable: {e}", retry_after=1)
         if not state:
             return self._error("get", 404, f"run {run_id} not found (unknown or expired)")
-        metrics.GATEWAY_REQUESTS.labels(self.wf, "get", "200").inc()
+        metrics.GATEWAY_REQUESTS.labels(*self.wf_labels, "get", "200").inc()
         return web.json_response(state)
 
     async def healthz(self, _: web.Request) -> web.Response:

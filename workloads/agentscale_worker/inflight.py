@@ -17,7 +17,7 @@ Start = Callable[[str, str, dict[str, str], int], Coroutine[Any, Any, None]]
 
 
 class InFlight:
-    def __init__(self, streams: list[str], capacity: int, start: Start, labels: tuple[str, str]) -> None:
+    def __init__(self, streams: list[str], capacity: int, start: Start, labels: metrics.StepLabels) -> None:
         self.streams = streams  # highest lane first
         self.capacity = capacity
         self._start = start

@@ -1,9 +1,13 @@
 """Prometheus metrics of workers and gateway (names documented in docs/dataplane.md).
 
 Module-level collectors in the default registry: several workers in one test process share them and are
-told apart by their labels."""
+told apart by their labels. Every series carries ``namespace`` and ``workflow`` (and ``step`` where a step
+reports it): the resource controller groups one batched query for all workflows by exactly these labels
+(``agentscale.resource_controller.promql``), so a series maps to its AgentWorkflow without pod relabelling."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
@@ -11,73 +15,85 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 LAT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
+WORKFLOW_LABELS = ["namespace", "workflow"]
+"""Labels of a workflow-wide series (gateway, end to end): the AgentWorkflow's namespace and name."""
+STEP_LABELS = [*WORKFLOW_LABELS, "step"]
+"""Labels of a step's series, in the order of :class:`StepLabels`."""
+
+
+class StepLabels(NamedTuple):
+    """The values of ``STEP_LABELS`` for one step worker: ``COLLECTOR.labels(*labels, ...)``."""
+
+    namespace: str
+    workflow: str
+    step: str
+
+
 QUEUE_LAG = Gauge(
-    "agentscale_queue_lag", "Entries in the step stream not yet delivered to any worker", ["workflow", "step"]
+    "agentscale_queue_lag", "Entries in the step stream not yet delivered to any worker", STEP_LABELS
 )
 QUEUE_LAG_LANE = Gauge(
     "agentscale_queue_lag_by_lane",
     "Entries not yet delivered, per priority lane (high, normal, low); agentscale_queue_lag is their sum",
-    ["workflow", "step", "lane"],
+    [*STEP_LABELS, "lane"],
 )
 QUEUE_PENDING = Gauge(
-    "agentscale_queue_pending", "Entries delivered to workers and not yet acknowledged", ["workflow", "step"]
+    "agentscale_queue_pending", "Entries delivered to workers and not yet acknowledged", STEP_LABELS
 )
-INFLIGHT = Gauge("agentscale_inflight", "Messages being processed by this worker", ["workflow", "step"])
+INFLIGHT = Gauge("agentscale_inflight", "Messages being processed by this worker", STEP_LABELS)
 BATCH_SIZE = Histogram(
     "agentscale_batch_size",
     "Samples per request sent to Triton",
-    ["workflow", "step", "model"],
+    [*STEP_LABELS, "model"],
     buckets=BATCH_BUCKETS,
 )
 STEP_LATENCY = Histogram(
     "agentscale_step_latency_seconds",
     "Time from a message's read to its acknowledgement",
-    ["workflow", "step"],
+    STEP_LABELS,
     buckets=LAT_BUCKETS,
 )
 E2E_LATENCY = Histogram(
     "agentscale_e2e_latency_seconds",
     "Time from gateway acceptance to the last sink's output",
-    ["workflow"],
+    WORKFLOW_LABELS,
     buckets=LAT_BUCKETS,
 )
 TRITON_LATENCY = Histogram(
     "agentscale_triton_request_seconds",
     "Triton request latency per endpoint",
-    ["workflow", "step", "model"],
+    [*STEP_LABELS, "model"],
     buckets=LAT_BUCKETS,
 )
 TRITON_OUTSTANDING = Gauge(
     "agentscale_triton_outstanding",
     "Requests in flight to a Triton endpoint",
-    ["workflow", "step", "endpoint"],
+    [*STEP_LABELS, "endpoint"],
 )
-ERRORS = Counter("agentscale_errors_total", "Errors by kind", ["workflow", "step", "kind"])
+ERRORS = Counter("agentscale_errors_total", "Errors by kind", [*STEP_LABELS, "kind"])
 MESSAGES = Counter(
     "agentscale_messages_total",
     "Messages finished, by outcome (ok, duplicate, dead_letter)",
-    ["workflow", "step", "outcome"],
+    [*STEP_LABELS, "outcome"],
 )
-RETRIES = Counter(
-    "agentscale_retries_total", "Handler attempts that failed and were retried", ["workflow", "step"]
-)
-RECLAIMED = Counter(
-    "agentscale_reclaimed_total", "Messages reclaimed from dead consumers", ["workflow", "step"]
-)
+RETRIES = Counter("agentscale_retries_total", "Handler attempts that failed and were retried", STEP_LABELS)
+RECLAIMED = Counter("agentscale_reclaimed_total", "Messages reclaimed from dead consumers", STEP_LABELS)
 GATEWAY_REQUESTS = Counter(
     "agentscale_gateway_requests_total",
     "Gateway requests by route and status code",
-    ["workflow", "route", "code"],
+    [*WORKFLOW_LABELS, "route", "code"],
 )
-GATEWAY_SHED = Counter("agentscale_gateway_shed_total", "Requests shed with 429", ["workflow", "priority"])
+GATEWAY_SHED = Counter(
+    "agentscale_gateway_shed_total", "Requests shed with 429", [*WORKFLOW_LABELS, "priority"]
+)
 GATEWAY_LATENCY = Histogram(
     "agentscale_gateway_latency_seconds",
     "Synchronous run latency seen by the gateway",
-    ["workflow"],
+    WORKFLOW_LABELS,
     buckets=LAT_BUCKETS,
 )
-GATEWAY_BACKLOG = Gauge("agentscale_gateway_backlog", "Runs accepted and not finished", ["workflow"])
-GATEWAY_THROUGHPUT = Gauge("agentscale_gateway_throughput_rps", "Recent run completion rate", ["workflow"])
+GATEWAY_BACKLOG = Gauge("agentscale_gateway_backlog", "Runs accepted and not finished", WORKFLOW_LABELS)
+GATEWAY_THROUGHPUT = Gauge("agentscale_gateway_throughput_rps", "Recent run completion rate", WORKFLOW_LABELS)
 
 
 async def metrics_handler(_: web.Request) -> web.Response:

@@ -16,7 +16,7 @@ from .lanes import LANES
 async def queue_stats_loop(
     redis: aioredis.Redis,
     lane_streams: list[str],
-    labels: tuple[str, str],
+    labels: metrics.StepLabels,
     stopping: asyncio.Event,
     interval_s: float = 2.0,
 ) -> None:

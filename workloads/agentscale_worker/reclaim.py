@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 async def reclaim_once(
-    redis: aioredis.Redis, consumer: str, claim_idle_ms: int, inflight: InFlight, labels: tuple[str, str]
+    redis: aioredis.Redis, consumer: str, claim_idle_ms: int, inflight: InFlight, labels: metrics.StepLabels
 ) -> int:
     """XAUTOCLAIM idle entries into the free slots, highest lane first; earlier deliveries still count."""
     total = 0
@@ -41,7 +41,7 @@ async def reclaim_loop(
     interval_s: float,
     inflight: InFlight,
     stopping: asyncio.Event,
-    labels: tuple[str, str],
+    labels: metrics.StepLabels,
 ) -> None:
     while not stopping.is_set():
         try:

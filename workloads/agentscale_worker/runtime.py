@@ -53,7 +53,7 @@ class StepWorker:
         self.prefix = streams.prefix(settings.namespace, settings.workflow)
         self.stream = streams.step_stream(self.prefix, settings.step)  # the normal lane
         self.streams = streams.step_streams(self.prefix, settings.step, LANES)  # consumed in this order
-        self.labels = (settings.workflow, settings.step)
+        self.labels = metrics.StepLabels(settings.namespace, settings.workflow, settings.step)
         self.model = model
         if self.model is None and settings.model and settings.triton_host:
             self.model = ModelClient(
@@ -188,7 +188,8 @@ class StepWorker:
             if res == 3:
                 t0 = float(fields.get("t0") or 0)
                 if t0:
-                    metrics.E2E_LATENCY.labels(self.settings.workflow).observe(max(0.0, time.time() - t0))
+                    e2e = metrics.E2E_LATENCY.labels(self.settings.namespace, self.settings.workflow)
+                    e2e.observe(max(0.0, time.time() - t0))
         else:
             await self._redis_retry(lambda: pub.dead_letter(msg_id, fields, run_id, error, attempt, stream))
             outcome = "dead_letter"

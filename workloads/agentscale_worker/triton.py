@@ -71,7 +71,7 @@ class ModelClient:
         port: int = 8001,
         batching: BatchWindow | None = None,
         strategy: str = "least-outstanding",
-        labels: tuple[str, str] = ("local", ""),
+        labels: metrics.StepLabels | None = None,
         dns_refresh_s: float = 5.0,
         timeout_s: float = 30.0,
     ) -> None:
@@ -80,7 +80,7 @@ class ModelClient:
         self.port = port
         self.batching = batching or BatchWindow()
         self.balancer = Balancer(strategy)
-        self.labels = labels
+        self.labels = labels or metrics.StepLabels("", "local", "")
         self.dns_refresh_s = dns_refresh_s
         self.timeout_s = timeout_s
         self._clients: dict[str, grpcclient.InferenceServerClient] = {}

@@ -335,7 +335,9 @@ async def test_model_outage_does_not_spend_deliveries(
             assert len(run_ids) == 4
 
             def refused() -> float:
-                return float(metrics.ERRORS.labels("outage", "encode", "model_unavailable")._value.get())
+                return float(
+                    metrics.ERRORS.labels("test", "outage", "encode", "model_unavailable")._value.get()
+                )
 
             await wait_until(lambda: refused() >= 8, 20, what="the step saw the outage")
             await outage.restore()

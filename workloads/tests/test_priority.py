@@ -50,10 +50,10 @@ async def test_higher_priority_runs_overtake_the_queue(redis_server: RedisServer
             names[await submit(name, prio)] = name
 
         def lag_by_lane() -> list[float]:
-            return [metrics.QUEUE_LAG_LANE.labels("prio", "a", lane)._value.get() for lane in LANES]
+            return [metrics.QUEUE_LAG_LANE.labels("test", "prio", "a", lane)._value.get() for lane in LANES]
 
         await wait_until(lambda: lag_by_lane() == [2, 2, 2], 10, what="queue lag per lane exported")
-        assert metrics.QUEUE_LAG.labels("prio", "a")._value.get() == 6
+        assert metrics.QUEUE_LAG.labels("test", "prio", "a")._value.get() == 6
         await r.set("gate", "1")
 
         async def finished() -> list[str]:

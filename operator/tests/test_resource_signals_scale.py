@@ -1,0 +1,78 @@
+"""The sensors at scale: 1,000 workflows x 4 steps and a model server each, scraped by a real Prometheus.
+A read is still one query per signal; how long it takes is printed (measured, not asserted)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from agentscale.resource_controller.promql import Signal, Windows
+from agentscale.resource_controller.signals import PrometheusReader, Reading
+from agentscale.resource_controller.snapshot import PartKind
+from agentscale_harness.local import wait_until
+from prom_fleet import Exporter, Latency, Pod, TritonPod, Worker, scraped
+
+N_WORKFLOWS, STEPS, TARGETS = 1000, ("ingest", "encode", "rank", "answer"), 10
+LATENCY = Latency((0.2, 0.6, 0.9, 0.97, 1.0), 0.1)
+
+
+def fleet() -> list[list[Pod]]:
+    """TARGETS scrape targets of 100 workflows each (every series labelled as the pods' would be)."""
+    targets: list[list[Pod]] = [[] for _ in range(TARGETS)]
+    for k in range(N_WORKFLOWS):
+        ns, wf = f"team-{k % 20}", f"wf-{k}"
+        pods = targets[k % TARGETS]
+        for j, step in enumerate(STEPS):
+            model = "enc" if step == "encode" else ""
+            pods.append(
+                Worker(ns, wf, step, f"{wf}-{step}-0", 1.0 + k % 7, float(j + k % 11), 1.0, LATENCY,
+                       model, 2.0, LATENCY if model else None, pod_label_in_series=True)
+            )  # fmt: skip
+        pods.append(TritonPod(ns, wf, "enc", f"{wf}-enc-0", 2.0, 4.0, 2.0, 1500.0, 4000.0, labelled=True))
+    return targets
+
+
+@pytest.fixture
+async def counted() -> AsyncIterator[tuple[aiohttp.ClientSession, list[str]]]:
+    sent: list[str] = []
+
+    async def start(_: object, __: object, params: aiohttp.TraceRequestStartParams) -> None:
+        sent.append(params.url.path)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(start)
+    async with aiohttp.ClientSession(trace_configs=[trace]) as session:
+        yield session, sent
+
+
+async def test_one_read_for_4000_steps_and_1000_models_is_one_query_per_signal(
+    tmp_path: Path, counted: tuple[aiohttp.ClientSession, list[str]]
+) -> None:
+    session, sent = counted
+    exporter = Exporter(fleet())
+    want = {PartKind.step: N_WORKFLOWS * len(STEPS), PartKind.model: N_WORKFLOWS}
+    with scraped(exporter, tmp_path / "prom", interval_s=2.0) as prom:
+        reader = PrometheusReader(prom.url, Windows(stable_s=8, short_s=4), session=session, timeout_s=30)
+        last: list[Reading] = []
+
+        async def complete() -> bool:
+            last.append(await reader.read())
+            r = last[-1]
+            return not r.errors and all(len(v.values) == want[s.kind] for s, v in r.results.items())
+
+        await wait_until(complete, 120, 1.0, "every signal of 5,000 parts")
+        sent.clear()
+        reading = await reader.read()
+
+    assert sent == ["/api/v1/query"] * len(Signal)
+    assert not reading.errors
+    assert len(reading.parts()) == N_WORKFLOWS * (len(STEPS) + 1)
+    slowest = max(reading.results.values(), key=lambda r: r.duration_s)
+    series = sum(len(pod.lines(1.0)) for pods in exporter.targets for pod in pods)
+    print(
+        f"\nsignals read at scale: {N_WORKFLOWS} workflows x {len(STEPS)} steps + {N_WORKFLOWS} models "
+        f"({series} series), {len(Signal)} queries in {reading.duration_s * 1000:.0f} ms "
+        f"(slowest {slowest.signal} {slowest.duration_s * 1000:.0f} ms)"
+    )
