@@ -32,7 +32,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,6 +40,7 @@ sys.path.insert(0, str(REPO / "operator"))
 from agentscale import kinds  # noqa: E402
 from agentscale.api.models import AgentWorkflow  # noqa: E402
 from agentscale.api.validation import parse_spec  # noqa: E402
+from agentscale.manifests import dump_all  # noqa: E402
 from agentscale.render import render_workflow  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -264,7 +264,7 @@ def run_size(cluster: Cluster, n: int, workdir: Path, idle_seconds: int) -> dict
     children = [c for d in docs for c in rendered_children(d, ns)]
     deployments = sum(1 for c in children if c["kind"] == "Deployment")
     path = workdir / f"floor-{n}.yaml"
-    path.write_text(yaml.safe_dump_all(children))
+    path.write_text(dump_all(children))
     w0 = cluster.writes()
     log(f"N={n}: floor: kubectl apply --server-side of {len(children)} objects")
     t0 = time.monotonic()
@@ -283,7 +283,7 @@ def run_size(cluster: Cluster, n: int, workdir: Path, idle_seconds: int) -> dict
     try:
         cpu0, _ = proc_stats(proc.pid)
         wpath = workdir / f"workflows-{n}.yaml"
-        wpath.write_text(yaml.safe_dump_all(docs))
+        wpath.write_text(dump_all(docs))
         w0 = cluster.writes()
         log(f"N={n}: operator: kubectl apply --server-side of {n} AgentWorkflows")
         t0 = time.monotonic()

@@ -12,6 +12,7 @@ import yaml
 from agentscale.api.crd import render_crd_yaml
 from agentscale.api.models import KIND, AgentWorkflow
 from agentscale.api.validation import InvalidSpec, parse_spec
+from agentscale.manifests import dump_all
 from agentscale.render import render_workflow
 
 CRD_PATH = Path("crds/agentscale.io_agentworkflows.yaml")
@@ -58,7 +59,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             except InvalidSpec as exc:
                 print(f"{path}: {doc.get('metadata', {}).get('name')}: {exc}", file=sys.stderr)
                 return 1
-    sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False))
+    sys.stdout.write(dump_all(docs))
     return 0
 
 
