@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from agentscale.resource_controller.promql import SCRAPE_RELABEL_CONFIGS
 from agentscale_harness.prometheus import PrometheusServer, prometheus_binary
@@ -204,6 +205,25 @@ class Exporter:
             "static_configs": configs,
             "relabel_configs": SCRAPE_RELABEL_CONFIGS,
         }
+
+
+class Counting:
+    """An aiohttp session that records the HTTP requests it sends (a trace config, not a mock)."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        trace = aiohttp.TraceConfig()
+        trace.on_request_start.append(self._start)
+        self.session = aiohttp.ClientSession(trace_configs=[trace])
+
+    async def _start(self, _: Any, __: Any, params: aiohttp.TraceRequestStartParams) -> None:
+        self.requests.append(f"{params.method} {params.url.path}")
+
+    async def __aenter__(self) -> Counting:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.session.close()
 
 
 def require_prometheus() -> None:

@@ -3,16 +3,13 @@ A read is still one query per signal; how long it takes is printed (measured, no
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
-import pytest
 from agentscale.resource_controller.promql import Signal, Windows
-from agentscale.resource_controller.signals import PrometheusReader, Reading
+from agentscale.resource_controller.signals import PrometheusReader
 from agentscale.resource_controller.snapshot import PartKind
 from agentscale_harness.local import wait_until
-from prom_fleet import Exporter, Latency, Pod, TritonPod, Worker, scraped
+from prom_fleet import Counting, Exporter, Latency, Pod, TritonPod, Worker, scraped
 
 N_WORKFLOWS, STEPS, TARGETS = 1000, ("ingest", "encode", "rank", "answer"), 10
 LATENCY = Latency((0.2, 0.6, 0.9, 0.97, 1.0), 0.1)
@@ -34,39 +31,23 @@ def fleet() -> list[list[Pod]]:
     return targets
 
 
-@pytest.fixture
-async def counted() -> AsyncIterator[tuple[aiohttp.ClientSession, list[str]]]:
-    sent: list[str] = []
-
-    async def start(_: object, __: object, params: aiohttp.TraceRequestStartParams) -> None:
-        sent.append(params.url.path)
-
-    trace = aiohttp.TraceConfig()
-    trace.on_request_start.append(start)
-    async with aiohttp.ClientSession(trace_configs=[trace]) as session:
-        yield session, sent
-
-
-async def test_one_read_for_4000_steps_and_1000_models_is_one_query_per_signal(
-    tmp_path: Path, counted: tuple[aiohttp.ClientSession, list[str]]
-) -> None:
-    session, sent = counted
+async def test_one_read_for_4000_steps_and_1000_models_is_one_query_per_signal(tmp_path: Path) -> None:
     exporter = Exporter(fleet())
     want = {PartKind.step: N_WORKFLOWS * len(STEPS), PartKind.model: N_WORKFLOWS}
+
+    async def complete() -> bool:
+        r = await reader.read()
+        return not r.errors and all(len(v.values) == want[s.kind] for s, v in r.results.items())
+
     with scraped(exporter, tmp_path / "prom", interval_s=2.0) as prom:
-        reader = PrometheusReader(prom.url, Windows(stable_s=8, short_s=4), session=session, timeout_s=30)
-        last: list[Reading] = []
+        async with Counting() as counting:
+            windows = Windows(stable_s=8, short_s=4)
+            reader = PrometheusReader(prom.url, windows, session=counting.session, timeout_s=30)
+            await wait_until(complete, 120, 1.0, "every signal of 5,000 parts")
+            counting.requests.clear()
+            reading = await reader.read()
 
-        async def complete() -> bool:
-            last.append(await reader.read())
-            r = last[-1]
-            return not r.errors and all(len(v.values) == want[s.kind] for s, v in r.results.items())
-
-        await wait_until(complete, 120, 1.0, "every signal of 5,000 parts")
-        sent.clear()
-        reading = await reader.read()
-
-    assert sent == ["/api/v1/query"] * len(Signal)
+    assert counting.requests == ["POST /api/v1/query"] * len(Signal)
     assert not reading.errors
     assert len(reading.parts()) == N_WORKFLOWS * (len(STEPS) + 1)
     slowest = max(reading.results.values(), key=lambda r: r.duration_s)

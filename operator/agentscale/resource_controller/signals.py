@@ -17,7 +17,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cached_property
 from types import TracebackType
@@ -232,10 +232,7 @@ class PrometheusReader:
         for r in got:
             if r.error is None:
                 self._signal_success[r.signal] = started
-            results[r.signal] = SignalResult(
-                r.signal, r.values, r.error, r.duration_s, r.series, r.unlabelled,
-                self._signal_success.get(r.signal),
-            )  # fmt: skip
+            results[r.signal] = replace(r, last_success=self._signal_success.get(r.signal))
         if all(r.error is None or r.error.kind.answered for r in got):
             self._last_success = started
         return Reading(started, duration, results, self._last_success)
@@ -255,7 +252,7 @@ class PrometheusReader:
 
     async def _post(self, session: aiohttp.ClientSession, query: str) -> Any:
         """POST /api/v1/query; the decoded JSON of a successful answer, else ``_Failed``."""
-        form = {"query": query, "timeout": f"{self.timeout_s:g}s"}
+        form = {"query": query, "timeout": f"{self.timeout_s:g}"}  # seconds: the server gives up too
         try:
             async with session.post(
                 f"{self.url}/api/v1/query", data=form, timeout=aiohttp.ClientTimeout(total=self.timeout_s)
