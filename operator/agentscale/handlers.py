@@ -18,6 +18,8 @@ from agentscale.cache import ClusterCache
 from agentscale.kube import KubeClient
 from agentscale.reconcile import ExistingChild
 from agentscale.render import labels as L
+from agentscale.resource_controller.actuator import FIELD_MANAGER as RC_FIELD_MANAGER
+from agentscale.resource_controller.loop import LoopSettings, ResourceController
 from agentscale.status import pending_pod, summarize_deployment
 from agentscale.workflow_controller import WorkflowController
 
@@ -65,15 +67,21 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     for kind in (*kinds.OWNED, kinds.POD):
         settings.watching.label_selectors[kind.plural] = kinds.OWNED_SELECTOR
     settings.watching.field_selectors[kinds.POD.plural] = kinds.POD_FIELD_SELECTOR
-    client = KubeClient.from_connection(_login(settings), L.FIELD_MANAGER, limit=64)
+    info = _login(settings)
+    client = KubeClient.from_connection(info, L.FIELD_MANAGER, limit=64)
     debounce = float(os.environ.get("AGENTSCALE_STATUS_DEBOUNCE", "0.5"))
     memo.cache = ClusterCache()
     memo.workflows = WorkflowController(client, memo.cache, debounce=debounce)
     memo.workflows.start()
+    # The resource controller: a task of its own, gated on its own Lease (kopf peering would not pause it).
+    rc_client = KubeClient.from_connection(info, RC_FIELD_MANAGER, limit=16)
+    memo.resources = ResourceController(rc_client, memo.cache, LoopSettings.from_env())
+    memo.resources.start()
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    await memo.resources.stop()  # releases the Lease, so another replica leads at once
     await memo.workflows.stop()
 
 

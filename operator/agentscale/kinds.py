@@ -59,10 +59,13 @@ WORKFLOW = Kind(KIND, API_VERSION, PLURAL)
 POD = Kind("Pod", "v1", "pods")
 POD_FIELD_SELECTOR = "spec.nodeName=,status.phase=Pending"
 EVENT = Kind("Event", "v1", "events")
+# The resource controller's leader election Lease, in the operator's namespace (resource_controller/leader).
+LEASE = Kind("Lease", "coordination.k8s.io/v1", "leases")
 
-ALL: tuple[Kind, ...] = (*OWNED, WORKFLOW, POD, EVENT)
+ALL: tuple[Kind, ...] = (*OWNED, WORKFLOW, POD, EVENT, LEASE)
 # What the operator writes (children, workflow status, Events): an idle operator sends no write to any of
-# them (the e2e idle-minute test and the benchmark count apiserver_request_total over these).
+# them (the e2e idle-minute test and the benchmark count apiserver_request_total over these). The Lease is
+# not here: its holder renews it every retry period, idle or not, and that write is the point of a lease.
 WRITTEN: tuple[Kind, ...] = (*OWNED, WORKFLOW, EVENT)
 _BY_KIND = {k.kind: k for k in ALL}
 _BY_API = {(k.api_version, k.kind): k for k in ALL}

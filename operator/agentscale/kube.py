@@ -1,4 +1,5 @@
-"""A small async Kubernetes client on aiohttp: server-side apply, delete, status and scale patches.
+"""A small async Kubernetes client on aiohttp: server-side apply, delete, status and scale patches, and the
+get / create / resourceVersion-checked replace that leader election's Lease needs.
 
 Why not a general client: kopf already brings aiohttp and a credential chain (kubeconfig, service account);
 server-side apply is one PATCH with a content type, and dicts in and out keep the hot path free of model
@@ -142,13 +143,45 @@ class KubeClient:
             content_type="application/merge-patch+json",
         )
 
-    async def scale(self, namespace: str, name: str, replicas: int) -> None:
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """One object, or None if it does not exist."""
+        try:
+            return await self._request("GET", object_path(api_version, kind, namespace, name), f"get {kind}")
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create ``obj``; ApiError 409 when it already exists (someone else created it first)."""
+        meta = obj["metadata"]
+        path = object_path(obj["apiVersion"], obj["kind"], meta.get("namespace"))
+        params = {"fieldManager": self.field_manager}
+        return await self._request(
+            "POST", path, f"create {obj['kind']} {meta['name']}", params=params, body=obj
+        )
+
+    async def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Replace ``obj`` (PUT) under optimistic concurrency: ``metadata.resourceVersion`` must be the one
+        read, else the API server answers ApiError 409 (someone else wrote it since)."""
+        meta = obj["metadata"]
+        if not meta.get("resourceVersion"):
+            raise ValueError(f"replace {obj['kind']} {meta['name']}: metadata.resourceVersion is required")
+        path = object_path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+        params = {"fieldManager": self.field_manager}
+        return await self._request(
+            "PUT", path, f"replace {obj['kind']} {meta['name']}", params=params, body=obj
+        )
+
+    async def scale(self, namespace: str, name: str, replicas: int, field_manager: str | None = None) -> None:
+        """Set a Deployment's replicas through its ``scale`` subresource, under ``field_manager`` (default:
+        this client's manager with ``-scaler`` appended)."""
         path = object_path("apps/v1", "Deployment", namespace, name) + "/scale"
         await self._request(
             "PATCH",
             path,
             f"scale Deployment {name}",
-            params={"fieldManager": self.field_manager + "-scaler"},
+            params={"fieldManager": field_manager or self.field_manager + "-scaler"},
             body={"spec": {"replicas": replicas}},
             content_type="application/merge-patch+json",
         )

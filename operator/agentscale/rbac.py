@@ -45,10 +45,10 @@ EVENT_VERBS = ("create",)
 CRD_RESOURCE = ("apiextensions.k8s.io", "customresourcedefinitions")
 CRD_VERBS = ("list", "watch")
 
-# Leases for leader election, in the operator's own namespace only (a Role, not the ClusterRole).
-# Reserved for the leader election that lets two replicas run with one leading (a later issue):
-# today the operator runs one replica with --standalone and takes no Lease.
-LEASE_RESOURCE = ("coordination.k8s.io", "leases")
+# The resource controller's leader election Lease, in the operator's own namespace only (a Role, not the
+# ClusterRole): resource_controller/leader.py reads it (kube.KubeClient.get), creates it when absent
+# (kube.KubeClient.create) and renews, takes over and releases it with a resourceVersion-checked replace
+# (kube.KubeClient.replace). kopf's own handlers still run with --standalone (no kopf peering).
 LEASE_VERBS = ("create", "get", "update")
 
 
@@ -71,7 +71,7 @@ def cluster_rules() -> list[dict[str, Any]]:
 
 def namespace_rules() -> list[dict[str, Any]]:
     """The Role rules in the operator's own namespace."""
-    return [_rule(*LEASE_RESOURCE, LEASE_VERBS)]
+    return [_rule(kinds.LEASE.group, kinds.LEASE.plural, LEASE_VERBS)]
 
 
 def rendered_files() -> dict[str, str]:

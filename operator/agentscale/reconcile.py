@@ -27,11 +27,10 @@ class Plan:
     apply: list[dict[str, Any]] = field(default_factory=list)
     drifted: list[str] = field(default_factory=list)  # "Kind/name: field, ..." re-applied to undo edits
     prune: list[ExistingChild] = field(default_factory=list)
-    scale: list[tuple[str, int, int]] = field(default_factory=list)  # (deployment, from, to)
 
     @property
     def empty(self) -> bool:
-        return not (self.apply or self.prune or self.scale)
+        return not (self.apply or self.prune)
 
 
 def plan_children(
@@ -40,9 +39,10 @@ def plan_children(
     existing: Mapping[ChildKey, ExistingChild],
     drifted: Mapping[ChildKey, list[str]] | None = None,
 ) -> Plan:
-    """Apply what is missing, differs (by spec hash) or drifted (hand edits of fields we own), prune what
-    the spec no longer names, and clamp replicas into [min, max] for Deployments whose replicas the
-    resource controller owns."""
+    """Apply what is missing, differs (by spec hash) or drifted (hand edits of fields we own), and prune what
+    the spec no longer names. Replicas are not the plan's business: in mode fixed the rendered Deployment
+    carries them, in mode hpa the HPA owns them, in modes queue and slo the resource controller does
+    (``resource_controller/loop.py``, which also keeps them within the spec's bounds)."""
     plan = Plan()
     drifted = drifted or {}
     wanted: set[ChildKey] = set()
@@ -56,17 +56,6 @@ def plan_children(
             plan.apply.append(obj)
             plan.drifted.append(f"{key[0]}/{key[1]}: {', '.join(drifted[key])}")
     plan.prune = sorted((c for k, c in existing.items() if k not in wanted), key=lambda c: (c.kind, c.name))
-    parts = [(s.name, s.scaling) for s in wf.spec.steps] + [(m.name, m.scaling) for m in wf.spec.models]
-    for part, sc in sorted(parts, key=lambda p: p[0]):
-        if not sc.controller_owns_replicas():
-            continue
-        name = L.child_name(wf, part)
-        have = existing.get(("Deployment", name))
-        if have is None or have.replicas is None:
-            continue
-        target = sc.clamp(have.replicas)
-        if target != have.replicas:
-            plan.scale.append((name, have.replicas, target))
     return plan
 
 
@@ -74,7 +63,6 @@ def plan_children(
 class Outcome:
     applied: list[str] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
-    scaled: list[tuple[str, int, int]] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)  # permanent API errors (invalid objects)
 
 
@@ -98,11 +86,6 @@ async def execute(client: KubeClient, namespace: str, plan: Plan, concurrency: i
             await client.delete(kinds.owned(child.kind).api_version, child.kind, namespace, child.name)
             out.pruned.append(f"{child.kind}/{child.name}")
 
-    async def scale(name: str, old: int, new: int) -> None:
-        async with gate:
-            await client.scale(namespace, name, new)
-            out.scaled.append((name, old, new))
-
     # ConfigMaps and Services first, so servers never start without their config.
     first = [o for o in plan.apply if kinds.owned(o["kind"]).apply_first]
     rest = [o for o in plan.apply if not kinds.owned(o["kind"]).apply_first]
@@ -110,6 +93,5 @@ async def execute(client: KubeClient, namespace: str, plan: Plan, concurrency: i
     await asyncio.gather(
         *(apply(o) for o in rest),
         *(prune(c) for c in plan.prune),
-        *(scale(*s) for s in plan.scale),
     )
     return out

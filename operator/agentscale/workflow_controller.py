@@ -230,9 +230,6 @@ class WorkflowController:
             if outcome.pruned:
                 msg += f", pruned {', '.join(outcome.pruned)}"
             await self.post(key, uid, "Normal", "Reconciled", msg)
-        for dep, old, new in outcome.scaled:
-            msg = f"{dep}: {old} -> {new} replicas (clamped to the spec's bounds)"
-            await self.post(key, uid, "Normal", "Scaled", msg)
         await self.refresh(key)
         return outcome
 

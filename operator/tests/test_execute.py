@@ -50,13 +50,13 @@ async def test_configs_and_services_go_first_and_rejections_are_collected() -> N
     plan = Plan(
         apply=[obj("Deployment", "d1"), obj("ConfigMap", "c"), obj("Deployment", "d2"), obj("Service", "s")],
         prune=[ExistingChild("Deployment", "old", "h")],
-        scale=[("d1", 1, 2)],
     )
     out = await execute(client, "ns", plan)  # type: ignore[arg-type]
     assert {c[1] for c in client.calls[:2]} == {"ConfigMap/c", "Service/s"}
     assert sorted(out.applied) == ["ConfigMap/c", "Deployment/d1", "Service/s"]
     assert out.rejected == ["Deployment/d2: spec.template: Invalid value"]
-    assert out.pruned == ["Deployment/old"] and out.scaled == [("d1", 1, 2)]
+    assert out.pruned == ["Deployment/old"]
+    assert not any(call[0] == "scale" for call in client.calls)  # replicas are the resource controller's
 
 
 async def test_transient_errors_propagate_for_retry() -> None:

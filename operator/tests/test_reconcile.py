@@ -1,4 +1,4 @@
-"""The reconcile plan: compare by spec hash, prune what is gone, clamp autoscaled replicas."""
+"""The reconcile plan: compare by spec hash, prune what is gone, never touch autoscaled replicas."""
 
 from __future__ import annotations
 
@@ -54,13 +54,11 @@ def test_removed_step_is_pruned() -> None:
     assert {child_key(o) for o in plan.apply} == {("Deployment", "wf-a"), ("Deployment", "wf-gateway")}
 
 
-def test_replicas_clamped_for_controller_scaled_deployments() -> None:
+def test_plan_never_writes_replicas_the_resource_controller_owns() -> None:
+    # Mode queue, below its minimum: keeping it in bounds is the resource controller's job
+    # (test_resource_loop.py), never the reconcile's: one owner per replica count.
     w = wf(steps=[{"name": "a", "scaling": {"mode": "queue", "minReplicas": 3, "maxReplicas": 6}}])
     desired = render_workflow(w, "uid")
     existing = existing_from(desired)
-    plan = plan_children(w, desired, existing)
-    assert plan.scale == [("wf-a", 1, 3)]
-    existing[("Deployment", "wf-a")] = ExistingChild(
-        "Deployment", "wf-a", existing[("Deployment", "wf-a")].spec_hash, 4
-    )
+    assert existing[("Deployment", "wf-a")].replicas == 1
     assert plan_children(w, desired, existing).empty

@@ -1,6 +1,6 @@
 """The resource controller: sensors (Prometheus), a pure decider, hands (the scale subresource), a loop.
 
-This step holds the decider only. Module map: job, then what it may import.
+Module map: job, then what it may import.
 
 - ``snapshot``: frozen inputs (parts, signals, bounds, the DAG) and ``Decision``. Imports
   ``agentscale.api.models`` (``Scaling``: its bounds and ownership rules, the one home of both).
@@ -13,7 +13,15 @@ This step holds the decider only. Module map: job, then what it may import.
 - ``stabilize``: panic, scale to zero, window, tolerance, cooldown, step limits. snapshot, config, queueing.
 - ``decide``: ``decide(snapshot, state, config)`` -> decisions and the next state. All of the above.
 
-Nothing here does I/O, reads the clock or imports kopf: time and every measurement are inputs.
+Nothing above does I/O, reads the clock or imports kopf: time and every measurement are inputs. The modules
+below are the ones that do, each kept to its job:
+
+- ``leader``: leader election on a ``coordination.k8s.io`` Lease of its own (client-go's algorithm).
+  ``kinds``, ``kube``.
+- ``actuator``: the hands: the scale subresource (own field manager), Events, ``lastScalingDecision``;
+  only parts whose replicas the controller owns. snapshot, ``api.models``, ``kube``.
+- ``loop``: the leader-only cycle over the cluster cache: snapshot, ``decide``, actuate. All of the above,
+  ``cache``.
 """
 
 from agentscale.resource_controller.config import PolicyConfig

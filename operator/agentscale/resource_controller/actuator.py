@@ -1,0 +1,184 @@
+"""The resource controller's hands: carry out :class:`Decision`s through the ``scale`` subresource.
+
+- One owner per replica count: only a part whose replicas the controller owns
+  (``Scaling.controller_owns_replicas``: modes queue and slo) is ever written. A decision for a part in mode
+  fixed (the operator's reconcile owns its replicas) or hpa (the HorizontalPodAutoscaler does) is refused,
+  as is a count outside the spec's bounds.
+- Writes carry their own field manager, ``agentscale-resource-controller``, so ``managedFields`` say who set
+  the replicas (the operator applies with ``agentscale``; an HPA writes as ``kube-controller-manager``).
+- Each change gets an Event on the workflow (reason ``Scaled``, message ``<target>: <the decision's
+  reason>``) and the workflow's ``status.lastScalingDecision`` (a merge patch of that key alone: the
+  workflow controller's ``status.status_patch`` never writes it, so the two status writers do not clobber
+  each other).
+- A decision that did not change the count writes nothing.
+- Before every scale the caller's ``may_write`` is asked (the loop passes "still the leader"); once it says
+  no, nothing more is written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from agentscale.api.models import API_VERSION, KIND, Scaling, ScalingDecision
+from agentscale.kube import ApiError
+from agentscale.resource_controller.snapshot import Decision
+
+log = logging.getLogger("agentscale.resource_controller.actuator")
+
+FIELD_MANAGER = "agentscale-resource-controller"
+EVENT_REASON = "Scaled"
+
+
+class ScaleApi(Protocol):
+    """What the actuator needs of the API server (``kube.KubeClient`` has it)."""
+
+    async def scale(
+        self, namespace: str, name: str, replicas: int, field_manager: str | None = None
+    ) -> None: ...
+    async def post_event(
+        self, involved: dict[str, str], type_: str, reason: str, message: str, component: str = ...
+    ) -> None: ...
+    async def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: Any
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class WorkflowRef:
+    namespace: str
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one part's replicas live, and the spec's rule for who owns them."""
+
+    deployment: str
+    scaling: Scaling
+
+
+@dataclass(frozen=True)
+class Write:
+    decision: Decision
+    deployment: str
+
+
+def plan_writes(
+    decisions: Sequence[Decision], targets: Mapping[str, Target]
+) -> tuple[list[Write], list[str]]:
+    """The scale writes to make (changed decisions for controller-owned parts, within bounds) and why the
+    others were refused. Pure."""
+    writes: list[Write] = []
+    refused: list[str] = []
+    for d in decisions:
+        if not d.changed:
+            continue
+        t = targets.get(d.target)
+        if t is None:
+            refused.append(f"{d.target}: no Deployment")
+        elif not t.scaling.controller_owns_replicas():
+            refused.append(
+                f"{d.target}: mode {t.scaling.mode}: its replicas are not the controller's to write"
+            )
+        elif t.scaling.clamp(d.to_replicas) != d.to_replicas:
+            refused.append(f"{d.target}: {d.to_replicas} is outside {list(t.scaling.bounds())}")
+        else:
+            writes.append(Write(d, t.deployment))
+    return writes, refused
+
+
+def scaling_decision(d: Decision, at: dt.datetime) -> dict[str, Any]:
+    """``status.lastScalingDecision`` for one decision, through the API model (keys the CRD knows)."""
+    return ScalingDecision(
+        time=at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        target=d.target,
+        fromReplicas=d.from_replicas,
+        toReplicas=d.to_replicas,
+        reason=d.reason,
+    ).model_dump(mode="json")
+
+
+@dataclass
+class Applied:
+    scaled: list[Decision] = field(default_factory=list)
+    failed: list[tuple[Decision, str]] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+    def unchanged(self) -> set[str]:
+        """Targets whose replicas this round meant to change and did not (the loop keeps their old state)."""
+        return {d.target for d, _ in self.failed}
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Actuator:
+    def __init__(
+        self,
+        client: ScaleApi,
+        field_manager: str = FIELD_MANAGER,
+        may_write: Callable[[], bool] = lambda: True,
+        clock: Callable[[], dt.datetime] = _now,
+    ) -> None:
+        self.client = client
+        self.field_manager = field_manager
+        self.may_write = may_write
+        self.clock = clock
+
+    async def apply(
+        self, wf: WorkflowRef, decisions: Sequence[Decision], targets: Mapping[str, Target]
+    ) -> Applied:
+        writes, refused = plan_writes(decisions, targets)
+        out = Applied(refused=refused)
+        for r in refused:
+            if not r.endswith("no Deployment"):
+                log.error("%s/%s: refused to scale %s", wf.namespace, wf.name, r)
+        for w in writes:
+            d = w.decision
+            if not self.may_write():
+                out.failed.append((d, "not the leader"))
+                continue
+            try:
+                await self.client.scale(
+                    wf.namespace, w.deployment, d.to_replicas, field_manager=self.field_manager
+                )
+            except Exception as exc:  # API or connection trouble: the next cycle decides again
+                log.warning("%s/%s: scaling %s failed: %s", wf.namespace, wf.name, w.deployment, exc)
+                out.failed.append((d, str(exc)))
+                continue
+            out.scaled.append(d)
+            await self._event(wf, d)
+        if out.scaled:
+            await self._status(wf, out.scaled[-1])
+        return out
+
+    async def _event(self, wf: WorkflowRef, d: Decision) -> None:
+        involved = {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": wf.name,
+            "namespace": wf.namespace,
+            "uid": wf.uid,
+        }
+        try:
+            await self.client.post_event(
+                involved, "Normal", EVENT_REASON, f"{d.target}: {d.reason}", component=self.field_manager
+            )
+        except Exception as exc:  # the scale happened; a lost Event must not undo the bookkeeping
+            log.warning("%s/%s: could not record Scaled event: %s", wf.namespace, wf.name, exc)
+
+    async def _status(self, wf: WorkflowRef, d: Decision) -> None:
+        status = {"lastScalingDecision": scaling_decision(d, self.clock())}
+        try:
+            await self.client.patch_status(API_VERSION, KIND, wf.namespace, wf.name, status)
+        except ApiError as exc:
+            if exc.status != 404:  # 404: the workflow is gone
+                log.warning("%s/%s: could not write lastScalingDecision: %s", wf.namespace, wf.name, exc)
+        except Exception as exc:
+            log.warning("%s/%s: could not write lastScalingDecision: %s", wf.namespace, wf.name, exc)
