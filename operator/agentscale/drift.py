@@ -22,14 +22,18 @@ _COMPARED_META = ("labels", "annotations", "ownerReferences")
 _IGNORED_TOP = ("apiVersion", "kind", "metadata", "status")
 
 
-def live_digest(body: Mapping[str, Any]) -> str:
+def live_digest(body: Mapping[str, Any], generation_tracks_spec: bool = False) -> str:
     """A hash of what a person could have edited: labels, annotations, owners and everything but status.
 
-    Status-only updates (most events of a Deployment) keep it, so they skip the comparison entirely.
+    Status-only updates (most events of a Deployment) keep it, so they skip the comparison entirely. For kinds
+    whose ``metadata.generation`` moves with every spec change, the generation stands in for the spec.
     """
     meta = body.get("metadata") or {}
     part = {k: meta.get(k) for k in _COMPARED_META}
-    part.update({k: v for k, v in body.items() if k not in _IGNORED_TOP})
+    if generation_tracks_spec and meta.get("generation"):
+        part["generation"] = meta["generation"]
+    else:
+        part.update({k: v for k, v in body.items() if k not in _IGNORED_TOP})
     raw = json.dumps(part, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()
 

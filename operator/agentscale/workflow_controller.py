@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentscale import kinds
 from agentscale.api.models import API_VERSION, KIND, AgentWorkflow
 from agentscale.api.validation import InvalidSpec, parse_spec
 from agentscale.cache import ClusterCache, Key
@@ -31,6 +32,7 @@ from agentscale.render import labels as L
 from agentscale.status import ANNOUNCED_CONDITIONS, Observed, compute_status, status_patch
 
 log = logging.getLogger("agentscale")
+_OWNED = {k.kind: k for k in kinds.OWNED}
 
 # A child that drifts again this soon after we put it back counts toward backing off.
 DRIFT_REPEAT_WINDOW_S = 60.0
@@ -132,7 +134,8 @@ class WorkflowController:
         """
         meta = body.get("metadata") or {}
         ck = (str(body.get("kind", "")), str(meta.get("name", "")))
-        digest = live_digest(body)
+        kind = _OWNED.get(ck[0])
+        digest = live_digest(body, kind is not None and kind.generation_tracks_spec)
         seen = self.verified.setdefault(key, {})
         if seen.get(ck) == digest:
             return

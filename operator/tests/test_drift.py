@@ -122,3 +122,16 @@ def test_status_only_updates_keep_the_digest() -> None:
     assert live_digest(dep) == before
     dep["spec"]["template"]["spec"]["containers"][0]["image"] = "x"
     assert live_digest(dep) != before
+
+
+def test_generation_stands_in_for_the_spec_where_the_api_server_bumps_it() -> None:
+    dep = as_live(rendered()[("Deployment", "wf-a")])
+    before = live_digest(dep, generation_tracks_spec=True)
+    dep["spec"]["template"]["spec"]["containers"][0]["image"] = "x"  # the API server would bump generation
+    assert live_digest(dep, generation_tracks_spec=True) == before
+    dep["metadata"]["generation"] += 1
+    assert live_digest(dep, generation_tracks_spec=True) != before
+    dep["metadata"]["labels"]["extra"] = "1"  # metadata edits do not bump generation: still seen
+    after = live_digest(dep, generation_tracks_spec=True)
+    del dep["metadata"]["labels"]["extra"]
+    assert live_digest(dep, generation_tracks_spec=True) != after
