@@ -174,16 +174,23 @@ class KubeClient:
         )
 
     async def scale(self, namespace: str, name: str, replicas: int, field_manager: str | None = None) -> None:
-        """Set a Deployment's replicas through its ``scale`` subresource, under ``field_manager`` (default:
-        this client's manager with ``-scaler`` appended)."""
+        """Set a Deployment's replicas through its ``scale`` subresource, by server-side apply (force) under
+        ``field_manager`` (default: this client's). An apply is recorded in ``managedFields`` (manager, Apply,
+        subresource scale) even where nothing owned ``spec.replicas`` before; a merge patch there is not."""
         path = object_path("apps/v1", "Deployment", namespace, name) + "/scale"
+        body = {
+            "apiVersion": "autoscaling/v1",
+            "kind": "Scale",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"replicas": replicas},
+        }
         await self._request(
             "PATCH",
             path,
             f"scale Deployment {name}",
-            params={"fieldManager": field_manager or self.field_manager + "-scaler"},
-            body={"spec": {"replicas": replicas}},
-            content_type="application/merge-patch+json",
+            params={"fieldManager": field_manager or self.field_manager, "force": "true"},
+            body=body,
+            content_type="application/apply-patch+yaml",
         )
 
     async def post_event(

@@ -31,8 +31,8 @@ OWNED_VERBS = ("create", "delete", "list", "patch", "watch")
 # their status (kube.KubeClient.patch_status, a merge patch on the status subresource).
 WORKFLOW_VERBS = ("list", "watch")
 WORKFLOW_STATUS_VERBS = ("patch",)
-# Replica counts go through the scale subresource (kube.KubeClient.scale), so an HPA-owned
-# Deployment's spec is never re-applied to change replicas.
+# The resource controller sets replicas of queue/slo parts through the scale subresource
+# (kube.KubeClient.scale, a server-side apply: a PATCH), never by re-applying the Deployment.
 SCALE_VERBS = ("patch",)
 # Unscheduled pods of our children: kopf's index and event handler (list + watch); never written.
 POD_VERBS = ("list", "watch")
