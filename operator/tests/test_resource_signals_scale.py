@@ -12,6 +12,7 @@ from agentscale_harness.local import wait_until
 from prom_fleet import Counting, Exporter, Latency, Pod, TritonPod, Worker, scraped
 
 N_WORKFLOWS, STEPS, TARGETS = 1000, ("ingest", "encode", "rank", "answer"), 10
+READS = 5
 LATENCY = Latency((0.2, 0.6, 0.9, 0.97, 1.0), 0.1)
 
 
@@ -44,16 +45,21 @@ async def test_one_read_for_4000_steps_and_1000_models_is_one_query_per_signal(t
             windows = Windows(stable_s=8, short_s=4)
             reader = PrometheusReader(prom.url, windows, session=counting.session, timeout_s=30)
             await wait_until(complete, 120, 1.0, "every signal of 5,000 parts")
-            counting.requests.clear()
-            reading = await reader.read()
+            readings = []
+            for _ in range(READS):
+                counting.requests.clear()
+                readings.append(await reader.read())
+                assert counting.requests == ["POST /api/v1/query"] * len(Signal)
 
-    assert counting.requests == ["POST /api/v1/query"] * len(Signal)
-    assert not reading.errors
-    assert len(reading.parts()) == N_WORKFLOWS * (len(STEPS) + 1)
-    slowest = max(reading.results.values(), key=lambda r: r.duration_s)
+    for reading in readings:
+        assert not reading.errors
+        assert len(reading.parts()) == N_WORKFLOWS * (len(STEPS) + 1)
+    ms = sorted(r.duration_s * 1000 for r in readings)
+    slowest = max(readings[-1].results.values(), key=lambda r: r.duration_s)
     series = sum(len(pod.lines(1.0)) for pods in exporter.targets for pod in pods)
     print(
         f"\nsignals read at scale: {N_WORKFLOWS} workflows x {len(STEPS)} steps + {N_WORKFLOWS} models "
-        f"({series} series), {len(Signal)} queries in {reading.duration_s * 1000:.0f} ms "
-        f"(slowest {slowest.signal} {slowest.duration_s * 1000:.0f} ms)"
+        f"({series} series, {windows.stable_s:g} s windows, 2 s scrapes): {len(Signal)} queries a read, "
+        f"{ms[len(ms) // 2]:.0f} ms median of {READS} reads (min {ms[0]:.0f}, max {ms[-1]:.0f}); "
+        f"slowest query in the last: {slowest.signal} {slowest.duration_s * 1000:.0f} ms"
     )

@@ -104,15 +104,14 @@ def _quantile(histogram: str, kind: PartKind, window: str, q: float) -> str:
 def step_arrivals(window: str) -> str:
     """Messages entering a step's stream per second: those finished (any outcome) plus the growth of what
     waits and what runs (lag and pending, each the max over the step's workers: they all see the stream).
-    A burst beyond capacity shows as growth even while completions are capped. Either half alone when the
-    other has no series yet (no message finished; no worker reported lag); never below zero."""
+    A burst beyond capacity shows as growth even while completions are capped. A term without samples yet
+    (no message finished; one lag sample) counts 0 through ``or 0 * <gauge>``, so every step whose workers
+    report lag has a value, and each series is read once; never below zero."""
     k = PartKind.step
-    done = _rate(MESSAGES, k, window)
-    grow = (
-        f"max by ({by(k)}) (deriv({QUEUE_LAG}[{window}]))"
-        f" + max by ({by(k)}) (deriv({QUEUE_PENDING}[{window}]))"
-    )
-    return f"clamp_min(({done} + {grow}) or {done} or ({grow}), 0)"
+    done = f"sum by ({by(k)}) (rate({MESSAGES}[{window}]) or 0 * {QUEUE_LAG})"
+    lag = f"max by ({by(k)}) (deriv({QUEUE_LAG}[{window}]) or 0 * {QUEUE_LAG})"
+    pending = f"max by ({by(k)}) (deriv({QUEUE_PENDING}[{window}]) or 0 * {QUEUE_PENDING})"
+    return f"clamp_min({done} + {lag} + {pending}, 0)"
 
 
 def queries(w: Windows | None = None) -> dict[Signal, str]:
