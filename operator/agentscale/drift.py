@@ -22,20 +22,29 @@ _COMPARED_META = ("labels", "annotations", "ownerReferences")
 _IGNORED_TOP = ("apiVersion", "kind", "metadata", "status")
 
 
-def live_digest(body: Mapping[str, Any], generation_tracks_spec: bool = False) -> str:
-    """A hash of what a person could have edited: labels, annotations, owners and everything but status.
-
-    Status-only updates (most events of a Deployment) keep it, so they skip the comparison entirely. For kinds
-    whose ``metadata.generation`` moves with every spec change, the generation stands in for the spec.
-    """
-    meta = body.get("metadata") or {}
-    part = {k: meta.get(k) for k in _COMPARED_META}
-    if generation_tracks_spec and meta.get("generation"):
-        part["generation"] = meta["generation"]
-    else:
-        part.update({k: v for k, v in body.items() if k not in _IGNORED_TOP})
+def _hash(part: Any) -> str:
     raw = json.dumps(part, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()
+
+
+def live_digests(body: Mapping[str, Any], generation_tracks_spec: bool = False) -> tuple[str, str]:
+    """Hashes of what a person could have edited: (labels, annotations and owners; everything but status).
+
+    Status-only updates (most events of a Deployment) keep both, so they skip the comparison entirely, and a
+    change of metadata alone needs only metadata compared. For kinds whose ``metadata.generation`` moves with
+    every spec change, the generation stands in for the spec.
+    """
+    meta = body.get("metadata") or {}
+    if generation_tracks_spec and meta.get("generation"):
+        rest: Any = meta["generation"]
+    else:
+        rest = {k: v for k, v in body.items() if k not in _IGNORED_TOP}
+    return _hash({k: meta.get(k) for k in _COMPARED_META}), _hash(rest)
+
+
+def live_digest(body: Mapping[str, Any], generation_tracks_spec: bool = False) -> str:
+    """Both of :func:`live_digests` in one string."""
+    return ":".join(live_digests(body, generation_tracks_spec))
 
 
 def _same_scalar(want: Any, have: Any) -> bool:
@@ -78,15 +87,19 @@ def _diff(want: Any, have: Any, path: str, out: list[str]) -> None:
         out.append(path)
 
 
-def drifted_fields(desired: Mapping[str, Any], live: Mapping[str, Any]) -> list[str]:
+def drifted_fields(
+    desired: Mapping[str, Any], live: Mapping[str, Any], *, beyond_metadata: bool = True
+) -> list[str]:
     """Paths (``spec.template.spec.containers[worker].image``) where ``live`` no longer holds what
-    ``desired`` sets. Empty when nothing we own was changed."""
+    ``desired`` sets. Empty when nothing we own was changed. ``beyond_metadata=False`` compares labels,
+    annotations and owners only (when the rest is known unchanged)."""
     out: list[str] = []
     want_meta, have_meta = desired.get("metadata") or {}, live.get("metadata") or {}
     for k in _COMPARED_META:
         if k in want_meta:
             _diff(want_meta[k], have_meta.get(k), f"metadata.{k}", out)
-    for k, v in desired.items():
-        if k not in _IGNORED_TOP:
-            _diff(v, live.get(k), k, out)
+    if beyond_metadata:
+        for k, v in desired.items():
+            if k not in _IGNORED_TOP:
+                _diff(v, live.get(k), k, out)
     return out

@@ -24,7 +24,7 @@ from agentscale import kinds
 from agentscale.api.models import API_VERSION, KIND, AgentWorkflow
 from agentscale.api.validation import InvalidSpec, parse_spec
 from agentscale.cache import ClusterCache, Key
-from agentscale.drift import drifted_fields, live_digest
+from agentscale.drift import drifted_fields, live_digests
 from agentscale.kube import ApiError, KubeClient
 from agentscale.reconcile import Outcome, Plan, execute, plan_children
 from agentscale.render import ChildKey, child_key, render_workflow
@@ -91,7 +91,8 @@ class WorkflowController:
         self.state: dict[Key, WorkflowState] = {}
         self.written: dict[Key, dict[str, Any]] = {}
         self.rendered: dict[Key, Rendered] = {}
-        self.verified: dict[Key, dict[ChildKey, str]] = {}  # live digest last found free of drift
+        # (metadata, rest) digests of each child last found free of drift
+        self.verified: dict[Key, dict[ChildKey, tuple[str, str]]] = {}
         self.drifted: dict[Key, dict[ChildKey, list[str]]] = {}
         self.corrections: dict[tuple[Key, ChildKey], tuple[int, float]] = {}
         self.done_generation: dict[Key, int] = {}  # the generation last reconciled to completion
@@ -135,9 +136,10 @@ class WorkflowController:
         meta = body.get("metadata") or {}
         ck = (str(body.get("kind", "")), str(meta.get("name", "")))
         kind = _OWNED.get(ck[0])
-        digest = live_digest(body, kind is not None and kind.generation_tracks_spec)
+        digests = live_digests(body, kind is not None and kind.generation_tracks_spec)
         seen = self.verified.setdefault(key, {})
-        if seen.get(ck) == digest:
+        before = seen.get(ck)
+        if before == digests:
             return
         record = self.cache.workflow_record(key)
         if record is None or record["deleting"]:
@@ -149,9 +151,9 @@ class WorkflowController:
         live_hash = (meta.get("annotations") or {}).get(L.HASH_ANNOTATION)
         if live_hash != want["metadata"]["annotations"][L.HASH_ANNOTATION]:
             return  # rendered from another generation (or its hash was edited): the plan re-applies it
-        fields = drifted_fields(want, body)
+        fields = drifted_fields(want, body, beyond_metadata=before is None or before[1] != digests[1])
         if not fields:
-            seen[ck] = digest
+            seen[ck] = digests
             return
         self.drifted.setdefault(key, {})[ck] = fields
         self._schedule_correction(key, ck, fields)

@@ -181,3 +181,18 @@ async def test_drift_survives_a_failed_correction() -> None:
     with pytest.raises(RuntimeError):
         await op.reconcile(key, rec)
     assert op.drifted[key] == {ck: ["data.config.pbtxt"]}
+
+
+async def test_a_metadata_edit_is_checked_against_metadata_only() -> None:
+    key = ("ns", "wf")
+    op = operator_with({key: {**record(1), "spec": minimal_spec()}})
+    ck = ("Deployment", "wf-a")
+    live = _live(op, key, ck)
+    live["metadata"]["generation"] = 1
+    op.check_drift(key, live)  # first sight: everything compared, clean
+    live["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = "1"  # the Deployment controller's
+    op.check_drift(key, live)
+    assert key not in op.drifted
+    live["metadata"]["labels"].pop("app.kubernetes.io/part-of")
+    op.check_drift(key, live)
+    assert op.drifted[key][ck] == ["metadata.labels.app.kubernetes.io/part-of"]
