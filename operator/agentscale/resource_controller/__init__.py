@@ -16,6 +16,9 @@ Module map: job, then what it may import.
 Nothing above does I/O, reads the clock or imports kopf: time and every measurement are inputs. The modules
 below are the ones that do, each kept to its job:
 
+- ``promql``: the metric and label names and one PromQL query per signal (no I/O). snapshot, config.
+- ``signals``: the sensors: reads every signal for every workflow with one batched query each (async
+  HTTP to Prometheus), fail static per signal; not yet called by the loop. promql, snapshot.
 - ``leader``: leader election on a ``coordination.k8s.io`` Lease of its own (client-go's algorithm).
   ``kinds``, ``kube``.
 - ``actuator``: the hands: the scale subresource (own field manager), Events, ``lastScalingDecision``;
