@@ -90,9 +90,14 @@ ensure_packages() {
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  if ! apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
-    apt-get update -qq && apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
-  fi
+  local apt=(apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends "${missing[@]}")
+  mkdir -p "$MACHINE_STATE"
+  (
+    flock 9 # two clusters starting at once install once
+    if ! "${apt[@]}" >/dev/null 2>&1; then
+      apt-get -o DPkg::Lock::Timeout=300 update -qq && "${apt[@]}" >/dev/null
+    fi
+  ) 9>"$MACHINE_STATE/apt.lock"
   # Debian starts containerd as a system service on install; the real node runs its own instance and
   # nothing else here needs the system one.
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet containerd 2>/dev/null; then
@@ -103,7 +108,9 @@ ensure_packages() {
 # --- images (cached by content outside the checkout) ------------------------------------------------------
 IMAGES="$AGENTSCALE_CACHE/images"
 build_images() {
-  mkdir -p "$IMAGES"
+  mkdir -p "$IMAGES" "$AGENTSCALE_CACHE/locks"
+  exec 7>"$AGENTSCALE_CACHE/locks/node-images.lock"
+  flock 7 # one builder at a time
   local key tmp
   key="$(cat "$HERE/node/pause.c" "$HERE/node/oci_image.py" | sha256sum | cut -c1-12)"
   PAUSE_TAR="$IMAGES/pause-3.10-$key.tar"
@@ -132,6 +139,7 @@ build_images() {
     rm -rf "$tmp"
     log "built $BUSYBOX_IMAGE ($BUSYBOX_TAR)"
   fi
+  exec 7>&-
 }
 
 # --- the host side: addresses, namespace, cgroups, certificates ------------------------------------------
@@ -386,7 +394,7 @@ our_pid() {
   [ -s "$f" ] || return 1
   pid="$(cat "$f")"
   [ -r "/proc/$pid/cmdline" ] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -e "$NODE_DIR/" -e "bind=$HOST_IP," || return 1
+  { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -qF -e "$NODE_DIR/" -e "bind=$HOST_IP," || return 1
   echo "$pid"
 }
 
@@ -396,7 +404,7 @@ node_pids() {
   local p cmd d
   for p in /proc/[0-9]*; do
     [ "${p#/proc/}" != "$$" ] || continue
-    cmd="$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null)" || continue
+    cmd="$({ tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null)" || continue
     case "$cmd" in *"$NODE_DIR/"*) echo "${p#/proc/}" ;; esac
   done
   our_pid socat-api 2>/dev/null || true
@@ -457,15 +465,20 @@ save_kernel_tunables() {
   ) 9>"$MACHINE_STATE/tunables.lock"
 }
 
-restore_kernel_tunables() { # only when no real node of any cluster is left on this machine
+restore_machine_state() { # only when no real node of any cluster is left on this machine
   [ -d "$MACHINE_STATE" ] || return 0
   (
     flock 9
-    [ -s "$MACHINE_STATE/kernel-tunables" ] || exit 0
     ls /run/netns/agentscale-* >/dev/null 2>&1 && exit 0
     local t v
-    while read -r t v; do echo "$v" >"/proc/sys/$t" 2>/dev/null || true; done <"$MACHINE_STATE/kernel-tunables"
-    rm -f "$MACHINE_STATE/kernel-tunables"
+    if [ -s "$MACHINE_STATE/kernel-tunables" ]; then
+      while read -r t v; do echo "$v" >"/proc/sys/$t" 2>/dev/null || true; done <"$MACHINE_STATE/kernel-tunables"
+      rm -f "$MACHINE_STATE/kernel-tunables"
+    fi
+    # The kubelet's device-plugin socket and checkpoint have a fixed path, shared by every kubelet here.
+    rm -f /var/lib/kubelet/device-plugins/kubelet.sock /var/lib/kubelet/device-plugins/kubelet_internal_checkpoint
+    rmdir /var/lib/kubelet/device-plugins /var/lib/kubelet 2>/dev/null || true
+    rmdir /run/containerd/s /run/containerd 2>/dev/null || true # the shims' socket folder, if empty
   ) 9>"$MACHINE_STATE/tunables.lock"
 }
 
@@ -523,7 +536,7 @@ down() {
   local quiet="${1:-}"
   if [ ! -e "$NODE_DIR" ] && [ ! -e "/run/netns/$NETNS" ] && [ -z "$(cgroup_dirs | while read -r d; do [ -d "$d" ] && echo x; done)" ]; then
     [ -n "$quiet" ] || log "no real node $NODE_NAME for cluster $NAME"
-    restore_kernel_tunables
+    restore_machine_state
     return 0
   fi
   [ "$(id -u)" = 0 ] || die "stopping the real node needs root"
@@ -531,9 +544,15 @@ down() {
   HOST_IP=none
   # shellcheck source=/dev/null
   [ -s "$NODE_DIR/net.env" ] && . "$NODE_DIR/net.env"
-  # Shim sockets live in containerd's fixed /run/containerd/s/; note ours before the shims go.
-  local sockets
-  sockets="$(cat "$NODE_DIR"/containerd/state/io.containerd.runtime.v2.task/*/*/address 2>/dev/null | sed 's#^unix://##' || true)"
+  # Machine-wide leftovers keyed by our sandboxes and shims: containerd's shim sockets (in its fixed
+  # /run/containerd/s/) and libcni's result cache (/var/lib/cni/results/<network>-<id>-<if>). Note
+  # them before the shims go.
+  local sockets="" ids="" f
+  for f in "$NODE_DIR"/containerd/state/io.containerd.runtime.v2.task/*/*/address; do
+    [ -f "$f" ] || continue
+    sockets+=" $(sed 's#^unix://##' "$f")"
+    ids+=" $(basename "$(dirname "$f")")"
+  done
   kill_all
   # Mounts under the node's folder: the kubelet's root (rshared bind), volumes, container root
   # filesystems, pod network namespaces. Deepest first.
@@ -559,11 +578,12 @@ down() {
     if [ -d "$d" ]; then find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true; fi
   done < <(cgroup_dirs)
   for m in $sockets; do case "$m" in /run/containerd/s/*) rm -f "$m" ;; esac; done
+  for m in $ids; do rm -f "/var/lib/cni/results/cni-loopback-$m-lo"; done
   find /var/lib/cni/results -maxdepth 1 -name "$NETNAME-*" -delete 2>/dev/null || true
   find /var/log/containers -maxdepth 1 -type l -lname "$NODE_DIR/*" -delete 2>/dev/null || true
   rm -rf "$NODE_DIR"
   rmdir "$WORKDIR/nodes/$NAME" "$WORKDIR/nodes" 2>/dev/null || true
-  restore_kernel_tunables
+  restore_machine_state
   # The Node object (if the API server still answers): its pods are garbage-collected with it.
   k delete node "$NODE_NAME" --wait=false >/dev/null 2>&1 || true
   [ -n "$quiet" ] || log "real node $NODE_NAME stopped and removed in $((SECONDS - start_s))s"
