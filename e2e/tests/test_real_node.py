@@ -208,6 +208,8 @@ def test_pods_talk_through_a_clusterip_service_by_dns_name(kubectl, namespace, w
     # pod (kube-proxy).
     assert f"web and {fqdn} resolved to {cluster_ip}" in logs, (cluster_ip, logs)
     assert token in logs and "200 OK" in logs, logs
+    # exec goes API server -> kubelet -> containerd's streaming server, all inside the node's namespace.
+    assert kubectl("-n", namespace, "exec", "web", "--", "cat", "/tmp/www/index.html").strip() == token
 
 
 def _iptables_chains() -> set[str]:
