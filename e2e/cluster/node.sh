@@ -37,8 +37,7 @@ die() {
 # --- names and paths ------------------------------------------------------------------------------------
 NAME="$AGENTSCALE_CLUSTER_NAME"
 NODE_NAME="${AGENTSCALE_REAL_NODE_NAME:-real-0}"
-mkdir -p "$KWOK_WORKDIR"
-WORKDIR="$(cd "$KWOK_WORKDIR" && pwd)"
+WORKDIR="$(realpath -m "$KWOK_WORKDIR")" # absolute, whether or not it exists yet
 NODE_DIR="$WORKDIR/nodes/$NAME/$NODE_NAME"
 NODE_ID="$(printf '%s' "$NODE_DIR" | sha256sum | cut -c1-8)"
 NETNS="agentscale-$NODE_ID"       # network namespace (/run/netns/$NETNS)
