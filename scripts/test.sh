@@ -4,7 +4,8 @@
 #   2. operator tests (golden YAML, CRD drift, kubernetes-validate; signals against a real prometheus)
 #   3. data-plane tests against a real tritonserver and real redis-server
 #   4. the end-to-end suite against a real local cluster (kube-apiserver, etcd, controller-manager,
-#      scheduler, metrics-server, kwok GPU nodes), which it builds (cached) and starts, then stops.
+#      scheduler, metrics-server, kwok GPU nodes, one real kubelet node), which it builds (cached) and
+#      starts, then stops (and checks the real node left nothing behind).
 # Set AGENTSCALE_E2E=0 to skip stage 4 (for a quick local loop only: with CI=true it is an error, so CI can
 # never pass with the cluster stage skipped).
 set -euo pipefail
@@ -48,7 +49,17 @@ if [ "${AGENTSCALE_E2E:-1}" = "0" ]; then
 fi
 
 stage "local cluster (build or reuse cached binaries, start)"
-cleanup() { stage "stopping the local cluster"; e2e/cluster/down.sh || true; }
+cleanup() {
+  local rc=$?
+  stage "stopping the local cluster"
+  e2e/cluster/down.sh || true
+  # down.sh must leave nothing of the real node behind (processes, namespace, cgroups, mounts, chains).
+  if [ "${AGENTSCALE_REAL_NODE:-1}" = 1 ] && ! e2e/cluster/node.sh check-clean; then
+    echo "e2e/cluster/down.sh left parts of the real node behind" >&2
+    [ "$rc" -ne 0 ] || rc=1
+  fi
+  exit "$rc"
+}
 trap cleanup EXIT # also when up.sh fails half way: leave no processes behind
 e2e/cluster/up.sh
 # shellcheck source=/dev/null

@@ -2,13 +2,16 @@
 # Start (or reuse) the local agentscale cluster: a real kube-apiserver, etcd,
 # kube-controller-manager, kube-scheduler and metrics-server run as local processes by
 # `kwokctl --runtime binary`; kwok fakes the nodes in nodes.yaml (a GPU pool) and the pods
-# bound to them. Everything listens on 127.0.0.1; nothing is downloaded.
+# bound to them; one real kubelet node (node.sh: containerd, CNI bridge, kube-proxy, CoreDNS, in a
+# network namespace of its own) runs real containers. Everything stays on this machine; nothing is
+# downloaded once built (the real node installs Debian packages the first time).
 #
 #   e2e/cluster/up.sh            # builds missing binaries first (see build.sh)
 #   . e2e/cluster/env.sh         # then kubectl/helm 1.34 + KUBECONFIG in this shell
 #
 # Env: AGENTSCALE_KUBECONFIG (default <repo>/.cluster/kubeconfig), KWOK_WORKDIR
-# (default <repo>/.cluster/kwok), AGENTSCALE_CACHE (binaries), AGENTSCALE_CLUSTER_NAME.
+# (default <repo>/.cluster/kwok), AGENTSCALE_CACHE (binaries), AGENTSCALE_CLUSTER_NAME,
+# AGENTSCALE_REAL_NODE=0 (no real node: a kwok-only cluster, e.g. without root).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=common.sh
@@ -21,7 +24,12 @@ die() {
   exit 1
 }
 
-"$HERE/build.sh" >/dev/null
+REAL_NODE="${AGENTSCALE_REAL_NODE:-1}"
+if [ "$REAL_NODE" = 1 ]; then
+  "$HERE/build.sh" >/dev/null
+else
+  "$HERE/build.sh" kubernetes etcd kwok helm metrics-server >/dev/null
+fi
 PATH="$(agentscale_path)"
 export PATH
 kwokctl="$(agentscale_bin kwokctl)"
@@ -74,10 +82,21 @@ componentsPatches:
 # (as in real clusters) with a larger total concurrency, and the controller-manager and
 # scheduler may talk faster than their defaults (20 and 50 qps). The service range is a /16
 # (the apiserver's default is a /24: only 254 ClusterIP Services).
+#
+# The real node (node.sh): the API server dials kubelets by InternalIP (the default prefers Hostname,
+# which nothing resolves here) and presents the admin client certificate, which the real kubelet
+# checks against the cluster CA (kwok's own kubelet stand-in ignores it). kwok manages only the nodes
+# annotated kwok.x-k8s.io/node=fake (nodes.yaml), never the real node or its pods.
 - name: kube-apiserver
   extraArgs:
   - key: service-cluster-ip-range
     value: 10.96.0.0/16
+  - key: kubelet-preferred-address-types
+    value: InternalIP,ExternalIP,Hostname
+  - key: kubelet-client-certificate
+    value: $KWOK_WORKDIR/clusters/$name/pki/admin.crt
+  - key: kubelet-client-key
+    value: $KWOK_WORKDIR/clusters/$name/pki/admin.key
   - key: max-requests-inflight
     value: "1000"
   - key: max-mutating-requests-inflight
@@ -100,6 +119,12 @@ componentsPatches:
     value: "200"
   - key: kube-api-burst
     value: "400"
+- name: kwok-controller
+  extraArgs:
+  - key: manage-all-nodes
+    value: "false"
+  - key: manage-nodes-with-annotation-selector
+    value: kwok.x-k8s.io/node=fake
 ---
 CONF
   grep -v '^#' "$HERE/kwok-metrics-usage.yaml"
@@ -114,6 +139,14 @@ create_cluster() {
   "$kwokctl" create cluster --name "$name" --config "$cfg" --kubeconfig "$kc" --wait 3m
 }
 
+if cluster_exists && [ "$REAL_NODE" = 1 ] &&
+  ! grep -q 'manage-nodes-with-annotation-selector' "$KWOK_WORKDIR/clusters/$name/kwok.yaml" 2>/dev/null; then
+  # Made before the real node existed: its kwok manages every node and would fight the kubelet.
+  log "cluster $name was created by an older up.sh (kwok manages all nodes); recreating it"
+  "$HERE/node.sh" down || true
+  "$kwokctl" delete cluster --name "$name" --kubeconfig "$kc" || true
+fi
+
 if cluster_exists; then
   "$kwokctl" get kubeconfig --name "$name" >"$kc.tmp" 2>/dev/null && mv "$kc.tmp" "$kc"
   if ! healthy; then
@@ -126,6 +159,7 @@ if cluster_exists; then
     log "reusing running cluster $name"
   else
     log "cluster $name is broken; recreating it"
+    "$HERE/node.sh" down || true
     "$kwokctl" delete cluster --name "$name" --kubeconfig "$kc" || true
     create_cluster
   fi
@@ -154,7 +188,8 @@ while pos < len(text):  # kubectl prints one JSON object per node, back to back
   k patch node "$node" --subresource=status --type=merge -p "$patch" >/dev/null
 done
 
-k wait --for=condition=Ready node --all --timeout=120s >/dev/null || die "nodes did not become Ready"
+k wait --for=condition=Ready node -l agentscale.io/fake-node=true --timeout=120s >/dev/null ||
+  die "kwok nodes did not become Ready"
 wait_until 60 "default ServiceAccount" k -n default get serviceaccount default
 # metrics-server exits for good when it starts before kube-apiserver listens ("connection refused" panic, seen
 # once in CI) and kwokctl does not restart it; a stop + start of the cluster's components brings it back.
@@ -170,6 +205,15 @@ for attempt in 1 2 3; do
   [ "$attempt" = 3 ] &&
     die "metrics-server APIService did not become Available (see $KWOK_WORKDIR/clusters/$name/logs)"
 done
+
+# --- the real node ---
+if [ "$REAL_NODE" = 1 ]; then
+  real_start=$SECONDS
+  "$HERE/node.sh" up || die "the real node did not start (logs: $KWOK_WORKDIR/nodes/$name/*/logs/; AGENTSCALE_REAL_NODE=0 starts without it)"
+  log "real node: $((SECONDS - real_start))s"
+else
+  log "no real node (AGENTSCALE_REAL_NODE=0)"
+fi
 
 log "cluster $name ready in $((SECONDS - START))s; $(k get nodes --no-headers | wc -l) nodes"
 log "kubeconfig: $kc  (. e2e/cluster/env.sh to use kubectl $KUBE_VERSION and helm)"

@@ -7,6 +7,8 @@ ETCD_VERSION="${ETCD_VERSION:-v3.6.4}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 HELM_VERSION="${HELM_VERSION:-v3.19.0}"
 METRICS_SERVER_VERSION="${METRICS_SERVER_VERSION:-v0.8.0}"
+# Cluster DNS for the real node (e2e/cluster/node.sh): CoreDNS with its kubernetes plugin, as a local process.
+COREDNS_VERSION="${COREDNS_VERSION:-v1.12.4}"
 
 AGENTSCALE_CACHE="${AGENTSCALE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentscale}"
 AGENTSCALE_BIN="$AGENTSCALE_CACHE/bin"
@@ -18,11 +20,14 @@ kube-apiserver $KUBE_VERSION
 kube-controller-manager $KUBE_VERSION
 kube-scheduler $KUBE_VERSION
 kubectl $KUBE_VERSION
+kubelet $KUBE_VERSION
+kube-proxy $KUBE_VERSION
 etcd $ETCD_VERSION
 kwok $KWOK_VERSION
 kwokctl $KWOK_VERSION
 helm $HELM_VERSION
 metrics-server $METRICS_SERVER_VERSION
+coredns $COREDNS_VERSION
 LIST
 }
 
