@@ -8,9 +8,12 @@ reads it through this one view instead of listing from the API server.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from agentscale import kinds
+from agentscale.api.models import AgentWorkflow
+from agentscale.api.validation import InvalidSpec, parse_spec
 from agentscale.reconcile import ExistingChild
 from agentscale.render import ChildKey
 from agentscale.status import DeploymentSummary, PendingPod
@@ -18,9 +21,42 @@ from agentscale.status import DeploymentSummary, PendingPod
 Key = tuple[str, str]  # (namespace, workflow name)
 
 
+@dataclass(frozen=True)
+class Parsed:
+    """One generation of a workflow's spec, validated once for every loop that reads it."""
+
+    uid: str
+    generation: int
+    workflow: AgentWorkflow | None  # None when the spec is invalid
+    problems: list[str] = field(default_factory=list)
+
+
 class ClusterCache:
     def __init__(self) -> None:
         self.indexes: dict[str, Any] = {}
+        self._parsed: dict[Key, Parsed] = {}
+
+    def parsed(self, key: Key, record: Mapping[str, Any]) -> Parsed:
+        """The workflow's spec as the typed model (or the problems that make it invalid), parsed once per
+        generation and shared by the workflow controller and the resource controller."""
+        uid, generation = str(record["uid"]), int(record["generation"])
+        have = self._parsed.get(key)
+        if have is not None and have.uid == uid and have.generation == generation:
+            return have
+        try:
+            spec = parse_spec(record["spec"])
+        except InvalidSpec as exc:
+            out = Parsed(uid, generation, None, list(exc.problems))
+        else:
+            out = Parsed(
+                uid, generation, AgentWorkflow(metadata={"name": key[1], "namespace": key[0]}, spec=spec)
+            )
+        self._parsed[key] = out
+        return out
+
+    def forget(self, key: Key) -> None:
+        """A workflow is gone: drop what was derived from it."""
+        self._parsed.pop(key, None)
 
     def bind(self, kwargs: Mapping[str, Any]) -> None:
         """Keep the kopf indexes among a handler's keyword arguments (they are live, bound once)."""

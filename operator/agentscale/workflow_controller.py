@@ -22,7 +22,6 @@ from typing import Any
 
 from agentscale import kinds
 from agentscale.api.models import API_VERSION, KIND, AgentWorkflow
-from agentscale.api.validation import InvalidSpec, parse_spec
 from agentscale.cache import ClusterCache, Key
 from agentscale.drift import drifted_fields, live_digests
 from agentscale.kube import ApiError, KubeClient
@@ -114,13 +113,11 @@ class WorkflowController:
         have = self.rendered.get(key)
         if have is not None and have.generation == record["generation"] and have.uid == record["uid"]:
             return have
-        namespace, name = key
-        try:
-            parsed = parse_spec(record["spec"])
-        except InvalidSpec as exc:
-            out = Rendered(record["generation"], record["uid"], None, exc.problems)
+        parsed = self.cache.parsed(key, record)
+        wf = parsed.workflow
+        if wf is None:
+            out = Rendered(record["generation"], record["uid"], None, parsed.problems)
         else:
-            wf = AgentWorkflow(metadata={"name": name, "namespace": namespace}, spec=parsed)
             objs = render_workflow(wf, record["uid"])
             children = {child_key(o): json.dumps(o, separators=(",", ":")).encode() for o in objs}
             out = Rendered(record["generation"], record["uid"], wf, [], children)
@@ -322,6 +319,7 @@ class WorkflowController:
                 await self.post(key, str(record.get("uid", "")), "Warning", cond["reason"], cond["message"])
 
     def forget(self, key: Key) -> None:
+        self.cache.forget(key)
         self.state.pop(key, None)
         self.written.pop(key, None)
         self.rendered.pop(key, None)

@@ -196,3 +196,15 @@ async def test_a_metadata_edit_is_checked_against_metadata_only() -> None:
     live["metadata"]["labels"].pop("app.kubernetes.io/part-of")
     op.check_drift(key, live)
     assert op.drifted[key][ck] == ["metadata.labels.app.kubernetes.io/part-of"]
+
+
+async def test_one_parse_per_generation_is_shared_through_the_cache() -> None:
+    key = ("ns", "wf")
+    rec = {**record(1), "spec": minimal_spec()}
+    op = operator_with({key: rec})
+    rendered = op.render(key, rec)
+    assert rendered.workflow is op.cache.parsed(key, rec).workflow  # what the resource controller reads
+    newer = {**rec, "generation": 2}
+    assert op.cache.parsed(key, newer).workflow is not rendered.workflow
+    op.forget(key)
+    assert op.cache.parsed(key, newer).generation == 2

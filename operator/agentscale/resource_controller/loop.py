@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentscale.api.models import AgentWorkflow
-from agentscale.api.validation import InvalidSpec, parse_spec
 from agentscale.cache import ClusterCache, Key
 from agentscale.kube import KubeClient
 from agentscale.render import labels as L
@@ -106,7 +105,6 @@ class ResourceController:
         self.elector = elector or LeaderElector(client, self.settings.lease, clock=self.clock)
         self.actuator = Actuator(client, may_write=lambda: self.elector.is_leader)
         self.state: dict[Key, dict[str, PartState]] = {}
-        self.parsed: dict[Key, tuple[str, int, AgentWorkflow | None]] = {}  # uid, generation, workflow
         self.cycles = 0
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -114,19 +112,9 @@ class ResourceController:
     # ------------------------------------------------------------------ one cycle
 
     def _workflow(self, key: Key, record: Mapping[str, Any]) -> AgentWorkflow | None:
-        uid, generation = str(record["uid"]), int(record["generation"])
-        have = self.parsed.get(key)
-        if have is not None and have[:2] == (uid, generation):
-            return have[2]
-        try:
-            spec = parse_spec(record["spec"])
-            wf: AgentWorkflow | None = AgentWorkflow(
-                metadata={"name": key[1], "namespace": key[0]}, spec=spec
-            )
-        except InvalidSpec:
-            wf = None  # the workflow controller reports it (Degraded/InvalidSpec)
-        self.parsed[key] = (uid, generation, wf)
-        return wf
+        """The typed workflow, parsed once per generation in the shared cache (None when invalid: the
+        workflow controller reports it as Degraded/InvalidSpec)."""
+        return self.cache.parsed(key, record).workflow
 
     async def cycle(self) -> list[Applied]:
         """Decide and actuate every workflow once; what each actuation did (for workflows with a write)."""
@@ -134,8 +122,6 @@ class ResourceController:
         keys = self.cache.workflow_keys()
         for gone in set(self.state) - set(keys):
             self.state.pop(gone, None)
-        for gone in set(self.parsed) - set(keys):
-            self.parsed.pop(gone, None)
         gate = asyncio.Semaphore(self.settings.concurrency)
 
         async def one(key: Key) -> Applied | None:
