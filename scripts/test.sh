@@ -15,6 +15,10 @@ if [ "${AGENTSCALE_E2E:-1}" = "0" ] && [ "${CI:-}" = "true" ]; then
   echo "AGENTSCALE_E2E=0 with CI=true: CI must run the end-to-end stage; unset AGENTSCALE_E2E." >&2
   exit 2
 fi
+if [ "${AGENTSCALE_REAL_NODE:-1}" = "0" ] && [ "${CI:-}" = "true" ]; then
+  echo "AGENTSCALE_REAL_NODE=0 with CI=true: CI must run the real node's tests; unset AGENTSCALE_REAL_NODE." >&2
+  exit 2
+fi
 T0=$SECONDS
 stage() { printf '\n=== [%s +%ss] %s\n' "$(date +%H:%M:%S)" "$((SECONDS - T0))" "$*"; }
 
