@@ -153,7 +153,6 @@ def rendered_processes(redis: RedisServer, triton: TritonServer) -> list[Proc]:
         if env.get("AGENTSCALE_TRITON_HOST"):
             env["AGENTSCALE_TRITON_HOST"] = "127.0.0.1"
             env["AGENTSCALE_TRITON_GRPC_PORT"] = str(triton.grpc_port)
-            env["AGENTSCALE_TRITON_HTTP_PORT"] = str(triton.http_port)
         if component == "gateway":
             procs.append(Proc("gateway", ["gateway"], env, port, replicas))
         else:

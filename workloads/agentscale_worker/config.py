@@ -130,7 +130,6 @@ class Settings:
     model: str = ""
     triton_host: str = ""  # headless Service name, or "host:port,host:port" for a fixed list
     triton_grpc_port: int = 8001
-    triton_http_port: int = 8000
     concurrency: int = 8
     batch_max_size: int = 1
     batch_max_wait_ms: float = 0.0
@@ -167,7 +166,6 @@ class Settings:
             model=_env(e, "AGENTSCALE_MODEL", ""),
             triton_host=_env(e, "AGENTSCALE_TRITON_HOST", ""),
             triton_grpc_port=int(_env(e, "AGENTSCALE_TRITON_GRPC_PORT", "8001")),
-            triton_http_port=int(_env(e, "AGENTSCALE_TRITON_HTTP_PORT", "8000")),
             concurrency=max(1, int(_env(e, "AGENTSCALE_CONCURRENCY", "8"))),
             batch_max_size=max(1, int(_env(e, "AGENTSCALE_BATCH_MAX_SIZE", "1"))),
             batch_max_wait_ms=max(0.0, float(_env(e, "AGENTSCALE_BATCH_MAX_WAIT_MS", "0"))),
