@@ -15,43 +15,9 @@ from typing import Any
 
 import pytest
 from agentscale.api.models import parse_quantity
+from operator_support import condition, wait_condition, workflow
 
 pytestmark = pytest.mark.cluster
-
-REDIS = {"redisUrl": "redis://redis.invalid:6379/0"}
-
-
-def workflow(name: str, steps: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "apiVersion": "agentscale.io/v1alpha1",
-        "kind": "AgentWorkflow",
-        "metadata": {"name": name},
-        "spec": {"queue": REDIS, "steps": steps},
-    }
-
-
-def get_wf(kubectl: Any, ns: str, name: str) -> dict[str, Any]:
-    return kubectl.json("-n", ns, "get", "agentworkflow", name)
-
-
-def condition(wf: dict[str, Any], ctype: str) -> dict[str, Any]:
-    for c in (wf.get("status") or {}).get("conditions") or []:
-        if c["type"] == ctype:
-            return c
-    return {}
-
-
-def wait_condition(
-    kubectl: Any, wait_for: Any, ns: str, name: str, ctype: str, status: str, timeout: float = 45
-) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        wf = get_wf(kubectl, ns, name)
-        c = condition(wf, ctype)
-        if c.get("status") == status and c.get("observedGeneration") == wf["metadata"]["generation"]:
-            return wf
-        return None
-
-    return wait_for(check, timeout=timeout, interval=0.5, message=f"{name} {ctype}={status}")
 
 
 def more_cpu_than_any_usable_node(kubectl: Any) -> int:

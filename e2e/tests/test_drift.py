@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 import pytest
-from test_operator import get_wf, wait_condition, workflow
+from operator_support import get_wf, wait_condition, workflow
 
 pytestmark = pytest.mark.cluster
 

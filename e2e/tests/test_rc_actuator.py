@@ -12,7 +12,8 @@ import time
 from typing import Any
 
 import pytest
-from test_operator import get_wf, wait_condition, workflow
+from agentscale.resource_controller.loop import LoopSettings
+from operator_support import get_wf, wait_condition, workflow
 
 pytestmark = pytest.mark.cluster
 
@@ -90,7 +91,7 @@ def test_queue_mode_below_min_is_brought_back_and_hpa_mode_is_never_written(
 
     # In bounds and without signals, the controller holds: two more cycles write nothing.
     before = (deployment(kubectl, ns, "rc-q")["metadata"]["generation"], len(scaled_events(kubectl, ns)))
-    time.sleep(2 * 15 + 5)
+    time.sleep(2 * LoopSettings().cycle_s + 5)  # two of the resource controller's cycles, and a margin
     after = (deployment(kubectl, ns, "rc-q")["metadata"]["generation"], len(scaled_events(kubectl, ns)))
     assert after == before
     assert get_wf(kubectl, ns, "rc")["status"]["lastScalingDecision"] == last
