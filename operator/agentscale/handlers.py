@@ -19,6 +19,7 @@ from agentscale.kube import KubeClient
 from agentscale.reconcile import ExistingChild
 from agentscale.render import labels as L
 from agentscale.resource_controller.actuator import FIELD_MANAGER as RC_FIELD_MANAGER
+from agentscale.resource_controller.leader import LeaderElector
 from agentscale.resource_controller.loop import LoopSettings, ResourceController
 from agentscale.status import pending_pod, summarize_deployment
 from agentscale.workflow_controller import WorkflowController
@@ -71,18 +72,23 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     client = KubeClient.from_connection(info, L.FIELD_MANAGER, limit=64)
     debounce = float(os.environ.get("AGENTSCALE_STATUS_DEBOUNCE", "0.5"))
     memo.cache = ClusterCache()
-    memo.workflows = WorkflowController(client, memo.cache, debounce=debounce)
-    memo.workflows.start()
-    # The resource controller: a task of its own, gated on its own Lease (kopf peering would not pause it).
+    # One Lease leads both controllers (leadership.py says why); kopf peering would pause neither.
     rc_client = KubeClient.from_connection(info, RC_FIELD_MANAGER, limit=16)
-    memo.resources = ResourceController(rc_client, memo.cache, LoopSettings.from_env())
-    memo.resources.start()
+    rc_settings = LoopSettings.from_env()
+    memo.elector = LeaderElector(rc_client, rc_settings.lease)
+    memo.workflows = WorkflowController(client, memo.cache, debounce=debounce, leader=memo.elector)
+    memo.workflows.start()
+    memo.resources = ResourceController(rc_client, memo.cache, rc_settings, elector=memo.elector)
+    memo.resources.start()  # runs the election, its cycles being the term's work
+    if not rc_settings.enabled:
+        memo.elector.start()  # the workflow controller still needs a leader
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    await memo.workflows.stop()  # first: nothing of ours is written after the Lease is released
+    await memo.elector.stop()  # when it ran on its own; releases the Lease
     await memo.resources.stop()  # releases the Lease, so another replica leads at once
-    await memo.workflows.stop()
 
 
 def _controller(memo: kopf.Memo, kwargs: Mapping[str, Any]) -> WorkflowController:

@@ -7,6 +7,12 @@ retry) was the largest cost at a thousand workflows (docs/benchmarks.md, operato
 
 State kept in memory is only a cache of what the API server says plus what this process last rendered and
 wrote; every decision is recomputed from it, so a restart converges to the same result.
+
+Leadership (``leadership.py`` says why one Lease for both controllers): only the replica holding the Lease
+writes. A standby keeps kopf's watches and indexes and checks drift in memory, so a takeover starts warm, but
+queues, applies, prunes, patches and posts nothing. Winning a term forgets what an earlier term remembered
+writing and re-queues every cached workflow, so nothing that changed while standing by is lost (a workflow
+already right costs no request); losing it drops the queue, and the client refuses every later write.
 """
 
 from __future__ import annotations
@@ -25,10 +31,11 @@ from agentscale.api.models import API_VERSION, KIND, AgentWorkflow
 from agentscale.cache import ClusterCache, Key
 from agentscale.drift import drifted_fields, live_digests
 from agentscale.kube import ApiError, KubeClient
+from agentscale.leadership import LeaderOnlyClient, Leadership, NotLeading
 from agentscale.reconcile import Outcome, Plan, execute, plan_children
 from agentscale.render import ChildKey, child_key, render_workflow
 from agentscale.render import labels as L
-from agentscale.status import ANNOUNCED_CONDITIONS, Observed, compute_status, status_patch
+from agentscale.status import ANNOUNCED_CONDITIONS, DEGRADED, Observed, compute_status, status_patch
 
 log = logging.getLogger("agentscale")
 _OWNED = {k.kind: k for k in kinds.OWNED}
@@ -36,6 +43,14 @@ _OWNED = {k.kind: k for k in kinds.OWNED}
 # A child that drifts again this soon after we put it back counts toward backing off.
 DRIFT_REPEAT_WINDOW_S = 60.0
 DRIFT_FREE_CORRECTIONS = 3
+
+
+def reported_invalid(record: Mapping[str, Any]) -> str | None:
+    """The InvalidSpec message the workflow's status already carries (a previous leader announced it)."""
+    for c in (record.get("status") or {}).get("conditions") or []:
+        if c.get("type") == DEGRADED and c.get("reason") == "InvalidSpec" and c.get("status") == "True":
+            return str(c.get("message", ""))
+    return None
 
 
 @dataclass
@@ -81,8 +96,10 @@ class WorkflowController:
         debounce: float = 0.2,
         status_concurrency: int = 16,
         reconcile_workers: int = 16,
+        leader: Leadership | None = None,
     ) -> None:
-        self.client = client
+        """``leader`` None: this process always leads (a single replica without a Lease; unit tests)."""
+        self.client = client if leader is None else LeaderOnlyClient.of(client, lambda: leader.is_leader)
         self.cache = cache or ClusterCache()
         self.debounce = debounce
         self.status_concurrency = status_concurrency
@@ -105,6 +122,10 @@ class WorkflowController:
         self._tasks: list[asyncio.Task[None]] = []
         self._posts: set[asyncio.Future[None]] = set()  # Events posted from synchronous code
         self._closing = False
+        # Between a term's start and its end (the writes themselves ask the elector, which is fresher).
+        self.leading = leader is None
+        if leader is not None:
+            leader.add_listener(self.take_over, self.stand_by)
 
     # ------------------------------------------------------------------ desired state
 
@@ -151,6 +172,7 @@ class WorkflowController:
         fields = drifted_fields(want, body, beyond_metadata=before is None or before[1] != digests[1])
         if not fields:
             seen[ck] = digests
+            self.drifted.get(key, {}).pop(ck, None)  # put back (by us, a leader or a person)
             return
         self.drifted.setdefault(key, {})[ck] = fields
         self._schedule_correction(key, ck, fields)
@@ -162,7 +184,10 @@ class WorkflowController:
 
     def _schedule_correction(self, key: Key, ck: ChildKey, fields: list[str]) -> None:
         """Put a drifted child back now, or later when something keeps changing it (a webhook or another
-        controller fighting us): back off exponentially instead of writing in a tight loop."""
+        controller fighting us): back off exponentially instead of writing in a tight loop. A standby only
+        remembers the drift (a takeover's reconcile puts it back)."""
+        if not self.leading:
+            return
         now = time.monotonic()
         count, last = self.corrections.get((key, ck), (0, 0.0))
         count = count + 1 if now - last < DRIFT_REPEAT_WINDOW_S else 1
@@ -192,6 +217,8 @@ class WorkflowController:
         involved = {"apiVersion": API_VERSION, "kind": KIND, "name": key[1], "namespace": key[0], "uid": uid}
         try:
             await self.client.post_event(involved, type_, reason, message)
+        except NotLeading:
+            log.debug("event %s on %s/%s not posted: not the leader", reason, key[0], key[1])
         except Exception as exc:
             log.warning("could not record event %s on %s/%s: %s", reason, key[0], key[1], exc)
 
@@ -205,9 +232,10 @@ class WorkflowController:
         rendered = self.render(key, record)
         wf = rendered.workflow
         if wf is None:
-            changed = self.state.get(key, WorkflowState(-1, None)).problems != rendered.problems
+            before = self.state.get(key)
+            said = "; ".join(before.problems) if before else reported_invalid(record)
             self.state[key] = WorkflowState(generation, None, rendered.problems)
-            if changed:
+            if said != "; ".join(rendered.problems):  # not announced yet (by us or an earlier leader)
                 await self.post(key, uid, "Warning", "InvalidSpec", "; ".join(rendered.problems))
             await self.refresh(key)
             return None
@@ -228,6 +256,7 @@ class WorkflowController:
         if plan.drifted:
             await self.post(key, uid, "Normal", "DriftCorrected", "Put back " + "; ".join(plan.drifted))
         if outcome.applied or outcome.pruned:
+            log.info("%s/%s: applied %d, pruned %d", *key, len(outcome.applied), len(outcome.pruned))
             msg = f"Applied {len(outcome.applied)} objects"
             if outcome.pruned:
                 msg += f", pruned {', '.join(outcome.pruned)}"
@@ -240,7 +269,9 @@ class WorkflowController:
     def schedule(self, key: Key, force: bool = False) -> None:
         """Ask for a reconcile of one workflow. Level-triggered and de-duplicated: a workflow whose
         generation was already reconciled is skipped (unless forced), one queued twice runs once, and one
-        that changes while it is being reconciled runs again right after."""
+        that changes while it is being reconciled runs again right after. A standby queues nothing."""
+        if not self.leading:
+            return
         record = self.cache.workflow_record(key)
         if record is None or record["deleting"]:
             return
@@ -262,7 +293,7 @@ class WorkflowController:
             key = await self._queue.get()
             self._queued.discard(key)
             record = self.cache.workflow_record(key)
-            if record is None or record["deleting"]:
+            if record is None or record["deleting"] or not self.leading:
                 continue
             self._running.add(key)
             try:
@@ -271,6 +302,9 @@ class WorkflowController:
                 self.failures.pop(key, None)
             except asyncio.CancelledError:
                 raise
+            except NotLeading:
+                if self.leading:  # a renewal is overdue but the term goes on: try again later
+                    self._retry_later(key)
             except Exception as exc:  # transient API trouble or a bug: retry with backoff, never die
                 log.warning("reconcile of %s/%s failed (will retry): %s", key[0], key[1], exc)
                 self._retry_later(key)
@@ -284,6 +318,8 @@ class WorkflowController:
 
     def request_refresh(self, key: Key) -> None:
         """Coalesce status refreshes: many child events in a burst cost one status computation."""
+        if not self.leading:
+            return
         self._dirty.add(key)
         self._wake.set()
 
@@ -331,6 +367,30 @@ class WorkflowController:
         for ck in [c for c in self.corrections if c[0] == key]:
             del self.corrections[ck]
 
+    # ------------------------------------------------------------------ leadership
+
+    def take_over(self) -> None:
+        """A term starts: forget what an earlier term remembered writing (another leader wrote since) and
+        reconcile every cached workflow (a standby queued nothing)."""
+        self.leading = True
+        for remembered in (self.state, self.written, self.done_generation, self.failures, self.corrections):
+            remembered.clear()
+        keys = self.cache.workflow_keys()
+        log.info("leading: re-queueing %d workflows", len(keys))
+        for key in keys:
+            self.schedule(key, force=True)
+
+    def stand_by(self) -> None:
+        """The term ended: drop the queue (the next leader re-queues everything); in-flight writes are
+        refused by the client."""
+        self.leading = False
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queued.clear()
+        self._again.clear()
+        self._dirty.clear()
+        log.info("standing by: no writes until this replica leads again")
+
     async def run(self) -> None:
         """The status loop: wake on child events, wait a beat so bursts coalesce, refresh what changed."""
         gate = asyncio.Semaphore(self.status_concurrency)
@@ -339,6 +399,9 @@ class WorkflowController:
             async with gate:
                 try:
                     await self.refresh(key)
+                except NotLeading:
+                    if self.leading:
+                        self._dirty.add(key)
                 except Exception as exc:  # keep the loop alive; the next event retries
                     log.warning("status refresh of %s/%s failed: %s", key[0], key[1], exc)
                     self._dirty.add(key)

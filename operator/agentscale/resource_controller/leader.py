@@ -1,7 +1,10 @@
 """Leader election on a ``coordination.k8s.io/v1`` Lease of our own, as client-go's leaderelection does it.
 
 Why our own: kopf peering is not leader election (replicas of equal priority all pause, and a task started
-at startup is not paused at all), and the resource controller's loop is such a task. So it holds a Lease:
+at startup is not paused at all), and both of the operator's controllers run as such tasks. One elector
+(one Lease) leads the whole replica: the resource controller runs its cycles as ``lead()``, the workflow
+controller listens (:meth:`LeaderElector.add_listener`, client-go's OnStartedLeading/OnStoppedLeading) and
+gates its writes on :attr:`LeaderElector.is_leader` (``workflow_controller.py`` says why one Lease).
 
 - The Lease's spec is the record: ``holderIdentity``, ``leaseDurationSeconds``, ``acquireTime``,
   ``renewTime``, ``leaseTransitions``.
@@ -14,6 +17,8 @@ at startup is not paused at all), and the resource controller's loop is such a t
   anyone else may take over. Seeing another holder ends leadership at once.
 - Every write carries the resourceVersion read: a 409 conflict means someone else wrote first; that attempt
   lost.
+- Listeners hear a term start right after the lease is won and its end as soon as it is lost, after
+  ``is_leader`` has turned False.
 - A clean stop (the ``stop`` event) releases the lease (``holderIdentity`` cleared), so a successor takes
   over at once. Cancelling :meth:`LeaderElector.run` is a crash as far as the lease is concerned: nothing is
   released and the lease expires after its duration.
@@ -84,8 +89,11 @@ def operator_namespace(env: Mapping[str, str] = os.environ, sa_file: Path = SERV
 
 
 def new_identity(env: Mapping[str, str] = os.environ) -> str:
-    """The pod's name ($HOSTNAME in a pod) plus a random suffix: a restarted process is a new candidate."""
-    return f"{env.get('HOSTNAME') or socket.gethostname()}_{secrets.token_hex(4)}"
+    """The pod's name ($POD_NAME from the downward API, else $HOSTNAME, which a pod's name also sets unless
+    its spec names a hostname) plus ``_`` and a random suffix: a container restarted in the same pod is a new
+    candidate and waits for its predecessor's lease to expire instead of renewing a term it never held."""
+    name = env.get("POD_NAME") or env.get("HOSTNAME") or socket.gethostname()
+    return f"{name}_{secrets.token_hex(4)}"
 
 
 @dataclass(frozen=True)
@@ -184,6 +192,9 @@ class LeaderElector:
         self._observed_at = 0.0  # monotonic, when ``observed`` last changed
         self._renewed_at: float | None = None  # monotonic, our last successful acquire or renew
         self._leading = False
+        self._listeners: list[tuple[Callable[[], None], Callable[[], None]]] = []
+        self._stop = asyncio.Event()  # for :meth:`start` / :meth:`stop` only
+        self._task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -200,6 +211,18 @@ class LeaderElector:
     def holder(self) -> str:
         """The holder last seen ("" when none)."""
         return self.observed.holder if self.observed else ""
+
+    def add_listener(self, on_started: Callable[[], None], on_stopped: Callable[[], None]) -> None:
+        """Called (synchronously, in the elector's task) when a term starts and when it ends; an exception
+        in a listener is logged and never stops the election."""
+        self._listeners.append((on_started, on_stopped))
+
+    def _tell(self, started: bool) -> None:
+        for listener in self._listeners:
+            try:
+                listener[0 if started else 1]()
+            except Exception:
+                log.exception("leadership listener failed")
 
     def _observe(self, record: LeaderRecord, now: float) -> None:
         if record != self.observed:
@@ -295,11 +318,13 @@ class LeaderElector:
                 break
             self._leading = True
             log.info("%s leads (lease %s/%s)", self.identity, cfg.namespace, cfg.name)
+            self._tell(started=True)
             task: asyncio.Task[None] = asyncio.create_task(_as_none(lead()), name="agentscale-leading")
             try:
                 await self._renew_until_lost(stop, task)
             finally:
                 self._leading = False
+                self._tell(started=False)
                 if not task.done():
                     task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -312,6 +337,23 @@ class LeaderElector:
                 await self._wait(self._jittered(), stop)
         if self.observed is not None and self.observed.holder == self.identity:
             await self.release()
+
+    def start(self) -> None:
+        """Run the election as a task of its own, with nothing to lead but what the listeners do (the
+        operator does this when the resource controller, which otherwise runs it, is disabled)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(_hold, self._stop), name="agentscale-election")
+
+    async def stop(self) -> None:
+        """Stop what :meth:`start` started and release the lease; nothing when it was not started."""
+        if self._task is None:
+            return
+        self._stop.set()
+        done, _ = await asyncio.wait([self._task], timeout=self.config.renew_deadline_s + 5.0)
+        if not done:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._task = None
 
     async def _acquire(self, stop: asyncio.Event) -> bool:
         while not stop.is_set():
@@ -363,3 +405,8 @@ class LeaderElector:
 
 async def _as_none(aw: Awaitable[None]) -> None:
     await aw
+
+
+async def _hold() -> None:
+    """A term's work when there is none of its own: wait until cancelled (the term ends)."""
+    await asyncio.Event().wait()
