@@ -80,6 +80,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.workflows.start()
     memo.resources = ResourceController(rc_client, memo.cache, rc_settings, elector=memo.elector)
     memo.resources.start()  # runs the election, its cycles being the term's work
+    await memo.resources.serve_metrics()  # its own /metrics on AGENTSCALE_METRICS_PORT (9090; 0: off)
     if not rc_settings.enabled:
         memo.elector.start()  # the workflow controller still needs a leader
 

@@ -143,6 +143,27 @@ class KubeClient:
             content_type="application/merge-patch+json",
         )
 
+    async def apply_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: Any, field_manager: str
+    ) -> None:
+        """Server-side apply (force) of only the ``status`` fields given, under ``field_manager``: entries
+        of a list keyed by ``x-kubernetes-list-map-keys`` (conditions by type) that others own stay."""
+        path = object_path(api_version, kind, namespace, name) + "/status"
+        body = {
+            "apiVersion": api_version,
+            "kind": kind,
+            "metadata": {"name": name, "namespace": namespace},
+            "status": status,
+        }
+        await self._request(
+            "PATCH",
+            path,
+            f"apply status of {kind} {name}",
+            params={"fieldManager": field_manager, "force": "true"},
+            body=body,
+            content_type="application/apply-patch+yaml",
+        )
+
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """One object, or None if it does not exist."""
         try:

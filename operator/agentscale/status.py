@@ -24,11 +24,14 @@ from agentscale.render import workflow_gpus
 
 __all__ = [
     "ANNOUNCED_CONDITIONS",
+    "METRICS_UNAVAILABLE",
+    "RESOURCE_CONTROLLER_CONDITIONS",
     "DeploymentSummary",
     "Observed",
     "PendingPod",
     "build_status",
     "compute_status",
+    "metrics_condition",
     "pending_pod",
     "status_patch",
     "summarize_deployment",
@@ -36,9 +39,14 @@ __all__ = [
 
 READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
 GPU_SHORT, UNSCHEDULABLE = "GPUCapacityShort", "Unschedulable"
+METRICS_UNAVAILABLE = "MetricsUnavailable"
 # Conditions whose turning True is announced with a Warning Event on the workflow (reason and message of
-# the condition).
-ANNOUNCED_CONDITIONS: tuple[str, ...] = (GPU_SHORT, UNSCHEDULABLE, DEGRADED)
+# the condition), each by the controller that writes it.
+ANNOUNCED_CONDITIONS: tuple[str, ...] = (GPU_SHORT, UNSCHEDULABLE, DEGRADED, METRICS_UNAVAILABLE)
+# Conditions the resource controller writes (server-side apply of its entries alone, field manager
+# agentscale-resource-controller); the workflow controller's status never sets them and, given the live
+# status (``Observed.live``), keeps them as they are in the list it writes.
+RESOURCE_CONTROLLER_CONDITIONS: tuple[str, ...] = (METRICS_UNAVAILABLE,)
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,9 @@ class Observed:
     deployments: list[DeploymentSummary] = field(default_factory=list)
     pending: list[PendingPod] = field(default_factory=list)
     previous: Mapping[str, Any] = field(default_factory=dict)  # the status as it is now
+    # The status as the watch last saw it, when the caller has it: the resource controller's conditions in
+    # it are kept in the list written (a JSON merge patch replaces a list whole).
+    live: Mapping[str, Any] | None = None
 
 
 def now() -> str:
@@ -109,6 +120,32 @@ def _condition(
         else str(old["lastTransitionTime"]),
         observedGeneration=gen,
     )
+
+
+def _conditions_of(status: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
+    return {
+        str(c.get("type", "")): c for c in (status or {}).get("conditions") or [] if isinstance(c, Mapping)
+    }
+
+
+def metrics_condition(
+    live: Mapping[str, Any] | None, unavailable: bool, reason: str, message: str, gen: int
+) -> Condition:
+    """The resource controller's ``MetricsUnavailable`` condition; lastTransitionTime kept from ``live``
+    (the status as it is) while the status holds."""
+    return _condition(_conditions_of(live), METRICS_UNAVAILABLE, unavailable, reason, message, gen)
+
+
+def _kept(obs: Observed) -> list[Condition]:
+    """The resource controller's conditions as the live status has them (none without ``obs.live``)."""
+    out = []
+    for ctype, c in _conditions_of(obs.live).items():
+        if ctype in RESOURCE_CONTROLLER_CONDITIONS:
+            try:
+                out.append(Condition.model_validate(c, extra="ignore"))
+            except ValueError:
+                continue  # not ours to repair: its writer puts it right next cycle
+    return out
 
 
 def _floor(scaling: Scaling, desired: int) -> int:
@@ -141,6 +178,7 @@ def build_status(obs: Observed) -> AgentWorkflowStatus:
                 _condition(prev_conds, DEGRADED, True, "InvalidSpec", msg, gen),
                 _condition(prev_conds, GPU_SHORT, False, "InvalidSpec", "", gen),
                 _condition(prev_conds, UNSCHEDULABLE, False, "InvalidSpec", "", gen),
+                *_kept(obs),
             ],
         )
 
@@ -225,6 +263,7 @@ def build_status(obs: Observed) -> AgentWorkflowStatus:
     else:
         ready = (True, "AllReplicasReady", "Every step and model has its desired replicas ready.")
     conds.insert(0, _condition(prev_conds, READY, *ready, gen))
+    conds += _kept(obs)
 
     status = AgentWorkflowStatus(
         observedGeneration=gen,

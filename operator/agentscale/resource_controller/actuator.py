@@ -10,6 +10,10 @@
   reason>``) and the workflow's ``status.lastScalingDecision`` (a merge patch of that key alone: the
   workflow controller's ``status.status_patch`` never writes it, so the two status writers do not clobber
   each other).
+- The workflow's ``MetricsUnavailable`` condition (:meth:`Actuator.set_condition`): server-side apply of that
+  one entry of ``status.conditions`` (a list keyed by type) under the same field manager, so the workflow
+  controller's conditions are never touched; a Warning Event when it turns True, a Normal one when it turns
+  False again.
 - A decision that did not change the count writes nothing.
 - Before every scale the caller's ``may_write`` is asked (the loop passes "still the leader"); once it says
   no, nothing more is written.
@@ -23,9 +27,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agentscale.api.models import API_VERSION, KIND, Scaling, ScalingDecision
+from agentscale.api.models import API_VERSION, KIND, Condition, Scaling, ScalingDecision
 from agentscale.kube import ApiError
 from agentscale.resource_controller.snapshot import Decision
+from agentscale.status import ANNOUNCED_CONDITIONS
 
 log = logging.getLogger("agentscale.resource_controller.actuator")
 
@@ -44,6 +49,9 @@ class ScaleApi(Protocol):
     ) -> None: ...
     async def patch_status(
         self, api_version: str, kind: str, namespace: str, name: str, status: Any
+    ) -> None: ...
+    async def apply_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: Any, field_manager: str
     ) -> None: ...
 
 
@@ -158,7 +166,29 @@ class Actuator:
             await self._status(wf, out.scaled[-1])
         return out
 
+    async def set_condition(self, wf: WorkflowRef, cond: Condition, was: str | None) -> bool:
+        """Write one condition of the controller's (``was``: its status before, None if absent); True when
+        written. Announced when it turns True (a Warning) and when it turns False from True (Normal)."""
+        if not self.may_write():
+            return False
+        status = {"conditions": [cond.model_dump(mode="json")]}
+        try:
+            await self.client.apply_status(
+                API_VERSION, KIND, wf.namespace, wf.name, status, field_manager=self.field_manager
+            )
+        except Exception as exc:  # the next cycle compares again and retries
+            if not (isinstance(exc, ApiError) and exc.status == 404):
+                log.warning("%s/%s: could not write %s: %s", wf.namespace, wf.name, cond.type, exc)
+            return False
+        if cond.type in ANNOUNCED_CONDITIONS and cond.status != was and (cond.status == "True" or was):
+            kind = "Warning" if cond.status == "True" else "Normal"
+            await self._post(wf, kind, cond.type if cond.status == "True" else cond.reason, cond.message)
+        return True
+
     async def _event(self, wf: WorkflowRef, d: Decision) -> None:
+        await self._post(wf, "Normal", EVENT_REASON, f"{d.target}: {d.reason}")
+
+    async def _post(self, wf: WorkflowRef, type_: str, reason: str, message: str) -> None:
         involved = {
             "apiVersion": API_VERSION,
             "kind": KIND,
@@ -167,11 +197,9 @@ class Actuator:
             "uid": wf.uid,
         }
         try:
-            await self.client.post_event(
-                involved, "Normal", EVENT_REASON, f"{d.target}: {d.reason}", component=self.field_manager
-            )
-        except Exception as exc:  # the scale happened; a lost Event must not undo the bookkeeping
-            log.warning("%s/%s: could not record Scaled event: %s", wf.namespace, wf.name, exc)
+            await self.client.post_event(involved, type_, reason, message, component=self.field_manager)
+        except Exception as exc:  # what happened stands; a lost Event must not undo the bookkeeping
+            log.warning("%s/%s: could not record %s event: %s", wf.namespace, wf.name, reason, exc)
 
     async def _status(self, wf: WorkflowRef, d: Decision) -> None:
         status = {"lastScalingDecision": scaling_decision(d, self.clock())}

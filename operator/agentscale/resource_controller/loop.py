@@ -1,21 +1,29 @@
 """The resource controller's loop: leader only, one cycle every period, over every workflow in the cache.
 
-A cycle, per workflow in the shared :class:`~agentscale.cache.ClusterCache` (kopf's indexes: no LIST per
-cycle): a :class:`WorkflowSnapshot` of its steps and models with the replicas their Deployments carry now
-and the signals the sensors give, :func:`decide`, then the :class:`Actuator` for what changed.
+A cycle: one read of every signal for every workflow from Prometheus (``PrometheusReader``: one batched
+query per signal, async), then per workflow in the shared :class:`~agentscale.cache.ClusterCache` (kopf's
+indexes: no LIST per cycle): a :class:`WorkflowSnapshot` of its steps and models with the replicas their
+Deployments carry now and the signals the reading has for them (:func:`signals_for`: a series belongs to
+the part whose ``namespace``, ``workflow`` and ``step``/``model`` labels it carries), :func:`decide`, then
+the :class:`Actuator` for what changed. A cycle that changes nothing writes nothing.
 
-Signals from Prometheus are not wired yet (``signals.py`` is the next step), so every signal is unknown and
-the policy fails static: it holds every part, except that a count outside the spec's [min, max] moves into
-it (``Rule.Bounds``). That is the clamp the workflow controller's reconcile used to do; it lives here now,
-so the operator's reconcile never writes the replicas of a queue- or slo-mode part. A cycle that changes
-nothing writes nothing (the idle operator's e2e test counts).
+Fail static (:func:`assess`, :func:`hold_down`): when Prometheus does not answer every query, or answers
+with no series for a queue- or slo-mode part that runs replicas, the affected parts keep their policy
+state, never scale down (a move into the spec's [min, max] still happens), and the workflow's
+``MetricsUnavailable`` condition turns True with the error; it turns False once reads recover, with nothing
+to restart. The condition is compared with the live status each cycle and written only when it differs.
+
+Without ``AGENTSCALE_PROMETHEUS_URL`` the controller reads nothing (said once in the log): every signal is
+unknown and the policy only moves counts outside [min, max] into it (``Rule.Bounds``), the clamp the
+workflow controller's reconcile used to do; no ``MetricsUnavailable`` is written.
 
 Leadership: :class:`ResourceController` runs the cycles only while its :class:`LeaderElector` holds the
 Lease; the actuator asks ``is_leader`` before each write. A new term starts with empty policy state (the
 policy then refuses to scale down for one stabilization window: safe).
 
 Settings come from the environment (``LoopSettings.from_env``; docs/tuning.md lists them):
-AGENTSCALE_RC_ENABLED (1), AGENTSCALE_RC_CYCLE_SECONDS (15), and the lease's (``LeaseConfig.from_env``).
+AGENTSCALE_RC_ENABLED (1), AGENTSCALE_RC_CYCLE_SECONDS (15), AGENTSCALE_PROMETHEUS_URL (unset),
+AGENTSCALE_METRICS_PORT (9090), and the lease's (``LeaseConfig.from_env``).
 """
 
 from __future__ import annotations
@@ -24,22 +32,42 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from aiohttp import web
 
 from agentscale.api.models import AgentWorkflow
 from agentscale.cache import ClusterCache, Key
 from agentscale.kube import KubeClient
 from agentscale.render import labels as L
+from agentscale.resource_controller import metrics as M
 from agentscale.resource_controller.actuator import Actuator, Applied, Target, WorkflowRef
 from agentscale.resource_controller.config import PolicyConfig
 from agentscale.resource_controller.decide import decide
 from agentscale.resource_controller.leader import Clock, LeaderElector, LeaseConfig, SystemClock
-from agentscale.resource_controller.snapshot import Part, PartKind, Signals, WorkflowSnapshot
+from agentscale.resource_controller.signals import MetricsHealth, PrometheusReader, Reading, assess
+from agentscale.resource_controller.snapshot import Decision, Part, PartKind, Rule, Signals, WorkflowSnapshot
 from agentscale.resource_controller.state import PartState
+from agentscale.status import METRICS_UNAVAILABLE, metrics_condition
 
 log = logging.getLogger("agentscale.resource_controller")
+
+PROMETHEUS_URL_ENV = "AGENTSCALE_PROMETHEUS_URL"
+
+
+def prometheus_url(env: Mapping[str, str] = os.environ) -> str | None:
+    """``AGENTSCALE_PROMETHEUS_URL`` (``http://prometheus.monitoring:9090``), None when unset or empty."""
+    url = env.get(PROMETHEUS_URL_ENV, "").strip()
+    if not url:
+        return None
+    if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1].strip("/")) == 0:
+        raise ValueError(
+            f"{PROMETHEUS_URL_ENV}={url!r}: set the Prometheus base URL, e.g. http://prometheus:9090 "
+            "(or leave it unset: the resource controller then only clamps replicas into their bounds)"
+        )
+    return url
 
 
 @dataclass(frozen=True)
@@ -49,6 +77,10 @@ class LoopSettings:
     """Seconds from the start of one cycle to the start of the next."""
     concurrency: int = 16
     """Workflows actuated at once within a cycle."""
+    prometheus_url: str | None = None
+    """Where signals are read; None: read nothing, only clamp into bounds."""
+    metrics_port: int = M.DEFAULT_PORT
+    """The controller's own /metrics; 0: not served."""
     lease: LeaseConfig = field(default_factory=LeaseConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
@@ -61,8 +93,25 @@ class LoopSettings:
         return cls(
             enabled=env.get("AGENTSCALE_RC_ENABLED", "1") not in ("0", "false", "no"),
             cycle_s=float(env.get("AGENTSCALE_RC_CYCLE_SECONDS") or cls.cycle_s),
+            prometheus_url=prometheus_url(env),
+            metrics_port=M.port_from_env(env),
             lease=LeaseConfig.from_env(env),
         )
+
+
+def slots_of(wf: AgentWorkflow) -> dict[str, int]:
+    """What one replica of each part serves at once, by part key: a step's ``concurrency``, a model
+    server's model instances (the sum over its ``instanceGroups``)."""
+    out = {f"{PartKind.step}/{s.name}": s.concurrency for s in wf.spec.steps}
+    out.update({f"{PartKind.model}/{m.name}": sum(g.count for g in m.instanceGroups) for m in wf.spec.models})
+    return out
+
+
+def signals_for(reading: Reading | None, wf: AgentWorkflow) -> dict[str, Signals]:
+    """Each part's :class:`Signals` in ``reading`` by part key; a part without series is absent (unknown)."""
+    if reading is None:
+        return {}
+    return reading.workflow(wf.namespace, wf.name, slots_of(wf))
 
 
 def snapshot_of(
@@ -87,8 +136,31 @@ def snapshot_of(
     return WorkflowSnapshot(wf.namespace, wf.name, now, wf.spec.slo.p95LatencyMs / 1000.0, tuple(parts))
 
 
+def hold_down(decisions: Sequence[Decision], health: MetricsHealth | None) -> tuple[list[Decision], set[str]]:
+    """Fail static: while metrics are unavailable, an affected part does not scale down (a move into the
+    spec's bounds still does). The decisions to carry out, and the targets held here."""
+    if health is None or not health.unavailable:
+        return list(decisions), set()
+    out, held = [], set()
+    for d in decisions:
+        if d.target in health.affected and d.to_replicas < d.from_replicas and d.rule != Rule.Bounds:
+            why = f"metrics unavailable ({health.reason}), not scaling down ({d.reason})"
+            why += f"; stays {d.from_replicas}"
+            d = Decision(d.target, d.from_replicas, d.from_replicas, Rule.FailStatic, why, d.missing)
+            held.add(d.target)
+        out.append(d)
+    return out, held
+
+
+def live_condition(status: Mapping[str, Any] | None, ctype: str) -> Mapping[str, Any] | None:
+    for c in (status or {}).get("conditions") or []:
+        if isinstance(c, Mapping) and c.get("type") == ctype:
+            return c
+    return None
+
+
 class ResourceController:
-    """One per operator process; kept in kopf's memo. Owns its client (closed on :meth:`stop`)."""
+    """One per operator process; kept in kopf's memo. Owns its client and reader (closed on :meth:`stop`)."""
 
     def __init__(
         self,
@@ -97,6 +169,7 @@ class ResourceController:
         settings: LoopSettings | None = None,
         clock: Clock | None = None,
         elector: LeaderElector | None = None,
+        reader: PrometheusReader | None = None,
     ) -> None:
         self.client = client
         self.cache = cache
@@ -104,10 +177,16 @@ class ResourceController:
         self.clock: Clock = clock or SystemClock()
         self.elector = elector or LeaderElector(client, self.settings.lease, clock=self.clock)
         self.actuator = Actuator(client, may_write=lambda: self.elector.is_leader)
+        url = self.settings.prometheus_url
+        self.reader = reader or (PrometheusReader(url) if url else None)
+        self.metrics = M.ControllerMetrics()
         self.state: dict[Key, dict[str, PartState]] = {}
         self.cycles = 0
+        self.available: bool | None = None
+        """Whether the last read had every answer (None before the first, or without a reader)."""
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._metrics_server: web.AppRunner | None = None
 
     # ------------------------------------------------------------------ one cycle
 
@@ -116,27 +195,50 @@ class ResourceController:
         workflow controller reports it as Degraded/InvalidSpec)."""
         return self.cache.parsed(key, record).workflow
 
+    async def read(self) -> Reading | None:
+        """Every signal of every workflow, once; None without a reader. Logs when availability changes."""
+        if self.reader is None:
+            return None
+        reading = await self.reader.read()
+        self.metrics.read(
+            reading.started,
+            reading.last_success,
+            ((s.value, e.kind.value) for s, e in reading.errors.items()),
+        )
+        if reading.available != self.available:
+            if reading.available:
+                log.info("resource controller: Prometheus answers again (%s)", self.reader.url)
+            else:
+                first = next(e for e in reading.errors.values() if not e.kind.answered)
+                log.warning("resource controller: Prometheus reads fail, holding replicas: %s", first)
+            self.available = reading.available
+        return reading
+
     async def cycle(self) -> list[Applied]:
-        """Decide and actuate every workflow once; what each actuation did (for workflows with a write)."""
+        """Read, then decide and actuate every workflow once; what each actuation did (for workflows with
+        a write)."""
+        started = time.perf_counter()
         now = self.clock.monotonic()
         keys = self.cache.workflow_keys()
         for gone in set(self.state) - set(keys):
             self.state.pop(gone, None)
+        reading = await self.read()
         gate = asyncio.Semaphore(self.settings.concurrency)
 
         async def one(key: Key) -> Applied | None:
             async with gate:
                 try:
-                    return await self.workflow_cycle(key, now)
+                    return await self.workflow_cycle(key, now, reading)
                 except Exception:  # one workflow's trouble never stops the others
                     log.exception("resource controller: %s/%s failed this cycle", *key)
                     return None
 
         results = await asyncio.gather(*(one(k) for k in keys))
         self.cycles += 1
+        self.metrics.cycle_duration.observe(time.perf_counter() - started)
         return [r for r in results if r is not None and (r.scaled or r.failed)]
 
-    async def workflow_cycle(self, key: Key, now: float) -> Applied | None:
+    async def workflow_cycle(self, key: Key, now: float, reading: Reading | None = None) -> Applied | None:
         record = self.cache.workflow_record(key)
         if record is None or record["deleting"]:
             return None
@@ -156,36 +258,61 @@ class ResourceController:
                     replicas[f"{kind}/{p.name}"] = d.desired
                     targets[f"{kind}/{p.name}"] = Target(d.name, p.scaling)
         try:
-            snap = snapshot_of(wf, replicas, now)
+            snap = snapshot_of(wf, replicas, now, signals_for(reading, wf))
         except ValueError:
             return None  # a cycle in next: Degraded, reported by the workflow controller
         before = self.state.get(key, {})
         outcome = decide(snap, before, self.settings.policy)
-        decisions = [d for d in outcome.decisions if d.target in targets]
-        applied = await self.actuator.apply(
-            WorkflowRef(key[0], key[1], str(record["uid"])), decisions, targets
-        )
+        health = assess(reading, snap) if reading is not None else None
+        decisions, held = hold_down(outcome.decisions, health)
+        decisions = [d for d in decisions if d.target in targets]
+        ref = WorkflowRef(key[0], key[1], str(record["uid"]))
+        applied = await self.actuator.apply(ref, decisions, targets)
+        self.metrics.decided(decisions, applied.unchanged())
         state = dict(outcome.state)
-        # A part with no Deployment yet, or whose write did not happen, keeps what it remembered.
-        for part_key in ({d.target for d in outcome.decisions} - set(targets)) | applied.unchanged():
+        # A part with no Deployment yet, whose write did not happen, or that failed static without a write
+        # keeps what it remembered: the last cycle that saw its signals.
+        stale = health.affected if health is not None and health.unavailable else frozenset()
+        unchanged = {d.target for d in decisions if not d.changed}
+        keep = (set(outcome.state) - set(targets)) | applied.unchanged() | held | (stale & unchanged)
+        for part_key in keep & {d.target for d in outcome.decisions}:
             state[part_key] = before.get(part_key, PartState())
         self.state[key] = state
         for done in applied.scaled:
             log.info("%s/%s %s: %s", key[0], key[1], done.target, done.reason)
+        if health is not None:
+            await self.report(ref, record, health)
         return applied
+
+    async def report(self, ref: WorkflowRef, record: Mapping[str, Any], health: MetricsHealth) -> None:
+        """``MetricsUnavailable`` as ``health`` says, written when it differs from the live status."""
+        live = record.get("status") or {}
+        cond = metrics_condition(
+            live, health.unavailable, health.reason, health.message, int(record["generation"])
+        )
+        was = live_condition(live, METRICS_UNAVAILABLE)
+        if was is not None and all(
+            was.get(k) == getattr(cond, k) for k in ("status", "reason", "message", "observedGeneration")
+        ):
+            return
+        await self.actuator.set_condition(ref, cond, None if was is None else str(was.get("status")))
 
     # ------------------------------------------------------------------ leadership and lifetime
 
     async def _lead(self) -> None:
         """Cycles while leading; the elector cancels this when leadership ends."""
         self.state.clear()
-        while True:
-            started = self.clock.monotonic()
-            try:
-                await self.cycle()
-            except Exception:
-                log.exception("resource controller cycle failed")
-            await self.clock.sleep(max(0.0, self.settings.cycle_s - (self.clock.monotonic() - started)))
+        self.metrics.leader.set(1)
+        try:
+            while True:
+                started = self.clock.monotonic()
+                try:
+                    await self.cycle()
+                except Exception:
+                    log.exception("resource controller cycle failed")
+                await self.clock.sleep(max(0.0, self.settings.cycle_s - (self.clock.monotonic() - started)))
+        finally:
+            self.metrics.leader.set(0)
 
     def start(self) -> None:
         if not self.settings.enabled:
@@ -193,6 +320,14 @@ class ResourceController:
             return
         if self._task is None:
             lease = self.settings.lease
+            if self.reader is None:
+                log.warning(
+                    "resource controller: %s is not set: no signals are read, queue- and slo-mode replicas "
+                    "are only moved into [minReplicas, maxReplicas] (docs/tuning.md)",
+                    PROMETHEUS_URL_ENV,
+                )
+            else:
+                log.info("resource controller: signals from Prometheus at %s", self.reader.url)
             log.info(
                 "resource controller: %s competes for lease %s/%s",
                 self.elector.identity,
@@ -201,8 +336,13 @@ class ResourceController:
             )
             self._task = asyncio.create_task(self.elector.run(self._lead, self._stop), name="agentscale-rc")
 
+    async def serve_metrics(self) -> None:
+        """Serve the controller's own metrics on ``settings.metrics_port`` (until :meth:`stop`)."""
+        if self._metrics_server is None:
+            self._metrics_server = await M.serve(self.metrics, self.settings.metrics_port)
+
     async def stop(self) -> None:
-        """Stop cycling and release the lease (a successor takes over at once), then close the client."""
+        """Stop cycling and release the lease (a successor takes over at once), then close the clients."""
         self._stop.set()
         if self._task is not None:
             started = time.monotonic()
@@ -214,4 +354,9 @@ class ResourceController:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if self._metrics_server is not None:
+            await self._metrics_server.cleanup()
+            self._metrics_server = None
+        if self.reader is not None:
+            await self.reader.close()
         await self.client.close()

@@ -7,6 +7,10 @@ empty answer or a malformed one become a :class:`SignalError` on that signal, an
 of the last read Prometheus answered in full, for the loop's ``MetricsUnavailable`` condition and its own
 metrics. ``Reading.signals(...)`` maps one part's values into the policy's :class:`Signals` (``None`` where
 unknown: the policy never scales down on it).
+
+:func:`assess` turns a reading into one workflow's :class:`MetricsHealth` (pure), which the loop reports as
+the workflow's ``MetricsUnavailable`` condition and uses to fail static: Prometheus did not answer every
+query, or it answered with no series for a queue- or slo-mode part that runs replicas.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any, NamedTuple
 import aiohttp
 
 from agentscale.resource_controller.promql import NAMESPACE, PART_LABEL, WORKFLOW, Signal, Windows, queries
-from agentscale.resource_controller.snapshot import PartKind, Signals
+from agentscale.resource_controller.snapshot import PartKind, Signals, WorkflowSnapshot
 
 
 class ErrorKind(StrEnum):
@@ -120,6 +124,10 @@ class Reading:
             for ref in r.values:
                 out[(ref.namespace, ref.workflow)].add(ref)
         return dict(out)
+
+    def part_keys(self, namespace: str, name: str) -> set[str]:
+        """Keys (``step/a``) of one workflow's parts that some signal has a value for."""
+        return {ref.key for ref in self._by_workflow.get((namespace, name), set())}
 
     def workflow(
         self, namespace: str, name: str, slots: Mapping[str, int] | None = None
@@ -294,3 +302,65 @@ class PrometheusReader:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+# -- one workflow's health, for the MetricsUnavailable condition and fail static (pure) ------------------
+
+METRICS_OK = "MetricsAvailable"
+"""The condition's reason while every controlled part has series."""
+
+
+@dataclass(frozen=True)
+class MetricsHealth:
+    """Whether the signals of one workflow's queue- and slo-mode parts could be read this cycle."""
+
+    unavailable: bool
+    reason: str
+    """One CamelCase word: an :class:`ErrorKind` when unavailable, else ``MetricsAvailable``."""
+    message: str
+    affected: frozenset[str] = frozenset()
+    """Part keys that may not scale down this cycle (every controlled part when Prometheus failed)."""
+
+
+def _failure(errors: Mapping[Signal, SignalError], total: int) -> tuple[str, str]:
+    """The most common kind among queries Prometheus did not answer, and one line naming each distinct
+    error once."""
+    kinds: dict[str, int] = defaultdict(int)
+    texts: dict[str, None] = {}
+    for e in errors.values():
+        kinds[e.kind] += 1
+        texts[str(e)] = None
+    kind = max(kinds, key=lambda k: kinds[k])
+    text = "; ".join(texts)
+    text = text if len(text) <= 600 else text[:597] + "..."
+    return kind, f"{len(errors)} of {total} Prometheus queries failed: {text}"
+
+
+def assess(reading: Reading, snap: WorkflowSnapshot) -> MetricsHealth | None:
+    """The health of ``snap``'s workflow in ``reading``; None when it has no queue- or slo-mode part (the
+    controller does not size it). Unavailable when Prometheus did not answer every query (each controlled
+    part is affected), or when a controlled part with replicas has no series at all (those parts are; a part
+    at zero runs no workers to report, so its silence is expected)."""
+    controlled = [p for p in snap.parts if p.controlled]
+    if not controlled:
+        return None
+    failed = {s: e for s, e in reading.errors.items() if not e.kind.answered}
+    if failed:
+        kind, message = _failure(failed, len(reading.results))
+        why = f"{message}; holding replicas, not scaling down"
+        return MetricsHealth(True, kind, why, frozenset(p.key for p in controlled))
+    seen = reading.part_keys(snap.namespace, snap.name)
+    silent = [p for p in controlled if p.replicas > 0 and p.key not in seen]
+    if silent:
+        names = ", ".join(p.key for p in silent)
+        example = silent[0]
+        labels = (
+            f'{NAMESPACE}="{snap.namespace}", {WORKFLOW}="{snap.name}", '
+            f'{PART_LABEL[example.kind]}="{example.name}"'
+        )
+        message = (
+            f"Prometheus has no series for {names} (looked for {{{labels}}}): are its pods scraped "
+            "(docs/tuning.md, Signals)? Holding those replicas, not scaling down"
+        )
+        return MetricsHealth(True, ErrorKind.NoSeries, message, frozenset(p.key for p in silent))
+    return MetricsHealth(False, METRICS_OK, "Every queue- and slo-mode part has signals.")
