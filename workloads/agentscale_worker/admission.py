@@ -70,3 +70,48 @@ class RateMeter:
         if i:
             del self.events[:i]
         return len(self.events) / self.window_s
+
+
+def capacity(
+    throughput_rps: float,
+    p95_budget_ms: float,
+    share: float = 1.0,
+    min_backlog: int = 8,
+    fallback_rps: float = 0.0,
+    cold_limit: int = 128,
+) -> float:
+    """The backlog :func:`admit` lets in with the same arguments: what fair shares divide."""
+    rate = throughput_rps if throughput_rps > 0 else fallback_rps
+    if rate <= 0:
+        return float(cold_limit)
+    return max(float(min_backlog), rate * p95_budget_ms * share / 1000)
+
+
+def fair_share(capacity_runs: float, active_clients: int, floor: int = 1) -> int:
+    """Runs one client may hold when ``active_clients`` (itself included) hold runs: an equal split."""
+    return max(floor, math.floor(capacity_runs / max(1, active_clients)))
+
+
+def admit_client(
+    decision: Admission,
+    held: int,
+    share: int,
+    others_over_share: bool,
+    backlog: float,
+    capacity_runs: float,
+    throughput_rps: float = 0.0,
+) -> Admission:
+    """Per-client fair share on top of the workflow's decision.
+
+    A client holding its share (``held`` runs accepted and not finished) is shed even when the queue has
+    room, so one client cannot take it all. A client under its share is admitted even when the queue is
+    full if another client holds more than its share (the queue is full of their runs, and they are shed
+    until it drains), as long as the backlog stays under twice the capacity. The quiet client's first runs
+    may then wait past the objective; it is not starved."""
+    if held >= share:
+        excess = held + 1 - share
+        wait = math.ceil(excess / throughput_rps) if throughput_rps > 0 else 1
+        return Admission(False, decision.estimated_ms, max(1, decision.retry_after_s, wait))
+    if decision.admit or (others_over_share and backlog < 2 * capacity_runs):
+        return Admission(True, decision.estimated_ms)
+    return decision

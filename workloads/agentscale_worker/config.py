@@ -149,9 +149,19 @@ class Settings:
     # how long a message keeps retrying (without spending deliveries) while its model is unavailable;
     # past it the message is dead-lettered
     model_unavailable_budget_s: float = 300.0
-    result_ttl_s: int = 3600
+    result_ttl_s: int = 3600  # run records, done markers and joins expire this long after their last write
     stream_maxlen: int = 1_000_000
+    dlq_maxlen: int = 10_000  # dead letters kept per step (each carries up to 100 kB of its input)
+    results_retention_s: int = 600  # the results stream keeps this much history (gateways follow it live)
     validator: str = ""  # gateway: package.module:function checking run inputs; "" accepts any JSON input
+    redis_max_connections: int = 64  # per process; a command waits for a free one ...
+    redis_pool_timeout_s: float = 5.0  # ... this long, then the gateway sheds (429), never 503
+    # gateway hardening (docs/dataplane.md, "Gateway security")
+    gateway_tokens_dir: str = ""  # one bearer token per file; "" runs open (logged)
+    max_body_bytes: int = 1 << 20  # per POST route
+    max_json_depth: int = 32
+    parse_concurrency: int = 4  # bodies parsed and validated at once (in worker threads)
+    body_budget_bytes: int = 64 << 20  # request bytes read and not yet parsed, all requests together
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -178,6 +188,17 @@ class Settings:
             request_timeout_s=float(_env(e, "AGENTSCALE_REQUEST_TIMEOUT_S", "30")),
             model_unavailable_budget_s=float(_env(e, "AGENTSCALE_MODEL_UNAVAILABLE_BUDGET_S", "300")),
             validator=_env(e, "AGENTSCALE_VALIDATOR", ""),
+            result_ttl_s=max(1, int(_env(e, "AGENTSCALE_RESULT_TTL_S", "3600"))),
+            dlq_maxlen=max(1, int(_env(e, "AGENTSCALE_DLQ_MAXLEN", "10000"))),
+            redis_max_connections=max(2, int(_env(e, "AGENTSCALE_REDIS_MAX_CONNECTIONS", "64"))),
+            redis_pool_timeout_s=max(0.01, float(_env(e, "AGENTSCALE_REDIS_POOL_TIMEOUT_S", "5"))),
+            gateway_tokens_dir=_env(e, "AGENTSCALE_GATEWAY_TOKENS_DIR", ""),
+            max_body_bytes=max(1024, int(_env(e, "AGENTSCALE_GATEWAY_MAX_BODY_BYTES", str(1 << 20)))),
+            max_json_depth=max(2, int(_env(e, "AGENTSCALE_GATEWAY_MAX_JSON_DEPTH", "32"))),
+            parse_concurrency=max(1, int(_env(e, "AGENTSCALE_GATEWAY_PARSE_CONCURRENCY", "4"))),
+            body_budget_bytes=max(
+                1 << 20, int(_env(e, "AGENTSCALE_GATEWAY_BODY_BUDGET_BYTES", str(64 << 20)))
+            ),
         )
         values.update(overrides)
         s = cls(**values)

@@ -5,7 +5,13 @@
                           504 {"run_id", "status"} when the timeout passes (poll it), 500 when the run failed
   POST /v1/runs        same body -> 202 {"run_id", "status_url"}
   GET  /v1/runs/{id}   -> {"run_id", "status": queued|done|failed, "output"?, "error"?}; 404 when unknown
-  GET  /healthz, /readyz (Redis reachable); /metrics on the metrics port
+  GET  /healthz, /readyz (Redis reachable), /openapi.json: unauthenticated; /metrics on the metrics port
+
+Every other route takes ``Authorization: Bearer <token>`` when tokens are configured (``auth``). A request
+body is bounded before it is read (size, and all bodies together), parsed and validated in worker threads
+a few at a time (``run_request``), and admitted by the workflow's latency budget and then by the client's
+fair share of it (``admission``, ``clients``). Client errors are 4xx naming the field; 503 only when Redis
+is unreachable, and its body never names Redis' address.
 
 Why aiohttp: it is already the project's base dependency (the operator uses it), it is an asyncio-native
 server and client in one with no ASGI layer between the socket and the handler, and it holds tens of
@@ -17,65 +23,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
 from redis.exceptions import ResponseError
 
-from . import metrics, streams
-from .admission import RateMeter, admit, priority_share
+from . import metrics, queue_stats, streams
+from .admission import RateMeter, admit, admit_client, capacity, fair_share, priority_share
 from .aio import stop_tasks
+from .auth import CHALLENGE, OPEN_PATHS, TokenStore, token_store
+from .clients import ClientBook
 from .config import Settings
 from .lanes import LANES, lane_of
-from .streams import REDIS_ERRORS, ensure_group, redis_client
+from .openapi import openapi
+from .run_request import (
+    RUN_ID_RULE,
+    BadRequest,
+    RunRequest,
+    Validator,
+    check_content_type,
+    parse_request,
+    valid_run_id,
+)
+from .streams import REDIS_ERRORS, ensure_group, pool_exhausted, redis_client
 
 log = logging.getLogger(__name__)
-MAX_BODY = 4 * 1024 * 1024
-Validator = Callable[[Any], str | None]  # input -> error message naming what is wrong, or None
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def parse_request(
-    body: bytes, validator: Validator | None, default_priority: int, max_timeout_ms: int
-) -> dict[str, Any]:
-    """Validate a run request body; raise BadRequest with a message naming the problem."""
-    if len(body) > MAX_BODY:
-        raise BadRequest(413, f"body is {len(body)} bytes; the limit is {MAX_BODY}")
-    try:
-        req = json.loads(body or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadRequest(400, f"body is not valid JSON: {e}") from e
-    if not isinstance(req, dict):
-        raise BadRequest(422, "body must be a JSON object with an 'input' field")
-    unknown = sorted(set(req) - {"input", "priority", "timeout_ms", "run_id"})
-    if unknown:
-        raise BadRequest(422, f"unknown fields {unknown}; allowed: input, priority, timeout_ms, run_id")
-    if "input" not in req:
-        raise BadRequest(422, "field 'input' is required")
-    prio = req.get("priority", default_priority)
-    if not isinstance(prio, int) or isinstance(prio, bool) or not -1000 <= prio <= 1000:
-        raise BadRequest(422, "field 'priority' must be an integer in [-1000, 1000]")
-    timeout = req.get("timeout_ms", 30_000)
-    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 < timeout <= max_timeout_ms:
-        raise BadRequest(422, f"field 'timeout_ms' must be a number in (0, {max_timeout_ms}]")
-    run_id = req.get("run_id") or uuid.uuid4().hex
-    if not isinstance(run_id, str) or not 0 < len(run_id) <= 64 or not run_id.replace("-", "").isalnum():
-        raise BadRequest(422, "field 'run_id' must be 1-64 letters, digits or dashes")
-    if validator is not None:
-        problem = validator(req["input"])
-        if problem:
-            raise BadRequest(422, f"input: {problem}")
-    return {"input": req["input"], "priority": prio, "timeout_ms": float(timeout), "run_id": run_id}
+INLINE_PARSE_BYTES = 64 * 1024  # smaller bodies without a validator are parsed on the loop (cheap)
+TOKEN_RELOAD_S = 5.0
+HOUSEKEEPING_S = 10.0
+# who sent the request being handled (set by the auth middleware, read by admission): token:<file name> or
+# addr:<peer address> when the gateway runs open
+_CLIENT: contextvars.ContextVar[str] = contextvars.ContextVar("gateway_client", default="?")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Gateway:
@@ -88,11 +74,19 @@ class Gateway:
             lane: [streams.step_stream(self.prefix, s, lane) for s in settings.graph.sources]
             for lane in LANES
         }
-        self.redis = redis_client(settings.redis_url)
+        self.redis = redis_client(
+            settings.redis_url, settings.redis_max_connections, settings.redis_pool_timeout_s
+        )
         self._submit = self.redis.register_script(streams.SUBMIT)
+        self.tokens: TokenStore | None = token_store(settings.gateway_tokens_dir)
+        self.clients = ClientBook()
         self._waiters: dict[str, asyncio.Future[str]] = {}
         self._meter = RateMeter(window_s=2.0)
         self._backlog = 0
+        self._body_bytes = 0  # reserved by requests whose bodies are being read or parsed
+        self._body_budget = max(settings.body_budget_bytes, settings.max_body_bytes)
+        self._parse_slots = asyncio.Semaphore(settings.parse_concurrency)
+        self._parser = ThreadPoolExecutor(settings.parse_concurrency, thread_name_prefix="parse")
         self._bg: list[asyncio.Task[None]] = []
         self._closing = False
         self._runners: list[web.AppRunner] = []
@@ -101,12 +95,14 @@ class Gateway:
     # ---- lifecycle ----------------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY + 1024)
+        limit = self.settings.max_body_bytes + 1024  # aiohttp's own cap; ours answers first (413 JSON)
+        app = web.Application(client_max_size=limit, middlewares=[self._guard])
         app.router.add_post("/v1/runs/sync", self.run_sync)
         app.router.add_post("/v1/runs", self.submit)
         app.router.add_get("/v1/runs/{run_id}", self.get_run)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/openapi.json", self.openapi)
         return app
 
     async def start(self, host: str = "0.0.0.0", port: int | None = None) -> int:
@@ -115,13 +111,17 @@ class Gateway:
             with contextlib.suppress(*REDIS_ERRORS):
                 for stream in streams.step_streams(self.prefix, step, LANES):
                     await ensure_group(self.redis, stream)
-        self._bg = [asyncio.create_task(self._results_loop()), asyncio.create_task(self._backlog_loop())]
+        self._bg = [
+            asyncio.create_task(self._results_loop(), name="results"),
+            asyncio.create_task(self._backlog_loop(), name="backlog"),
+            asyncio.create_task(self._housekeeping_loop(), name="housekeeping"),
+        ]
         runner = web.AppRunner(self.app(), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host, self.settings.gateway_port if port is None else port, backlog=2048)
         await site.start()
         self._runners.append(runner)
-        m = await metrics.start_metrics_server(self.settings.metrics_port)
+        m = await metrics.start_metrics_server(self.settings.metrics_port, ready=self.redis_ok)
         if m:
             self._runners.append(m)
         server: Any = site._server
@@ -134,6 +134,7 @@ class Gateway:
         self._closing = True
         await stop_tasks(self._bg)
         await self.redis.aclose()
+        self._parser.shutdown(wait=False)
 
     # ---- background ---------------------------------------------------------------------------------
 
@@ -162,7 +163,9 @@ class Gateway:
                 for msg_id, fields in entries:
                     last = msg_id
                     self._meter.add(now)
-                    fut = self._waiters.get(fields.get("run", ""))
+                    run_id = fields.get("run", "")
+                    self.clients.release(run_id)
+                    fut = self._waiters.get(run_id)
                     if fut and not fut.done():
                         fut.set_result(fields.get("status", "done"))
 
@@ -175,74 +178,176 @@ class Gateway:
                 metrics.GATEWAY_THROUGHPUT.labels(*self.wf_labels).set(self._meter.rate(time.monotonic()))
             await asyncio.sleep(0.05)
 
-    # ---- routes -------------------------------------------------------------------------------------
+    async def _housekeeping_loop(self) -> None:
+        """Rotate tokens, forget runs never reported, trim the results stream, report Redis memory."""
+        s = self.settings
+        last_stats = 0.0
+        while not self._closing:
+            if self.tokens is not None:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(self.tokens.reload)
+            now = time.monotonic()
+            if now - last_stats >= HOUSEKEEPING_S:
+                last_stats = now
+                self.clients.prune(now, s.result_ttl_s)
+                with contextlib.suppress(*REDIS_ERRORS, ResponseError):
+                    cut_ms = int(time.time() * 1000) - s.results_retention_s * 1000
+                    await self.redis.xtrim(
+                        streams.results(self.prefix), minid=f"{cut_ms}-0", approximate=True
+                    )
+                    await queue_stats.workflow_memory_once(self.redis, self.prefix, s.graph, self.wf_labels)
+            await asyncio.sleep(TOKEN_RELOAD_S)
+
+    # ---- middleware and errors ------------------------------------------------------------------------
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Authenticate (except the open paths) and turn anything unforeseen into a JSON 500 (logged)."""
+        if request.path not in OPEN_PATHS:
+            if self.tokens is None:
+                _CLIENT.set(f"addr:{request.remote or '?'}")
+            else:
+                client = self.tokens.client_of(request.headers.get("Authorization"))
+                if client is None:
+                    given = "Authorization" in request.headers
+                    challenge = CHALLENGE + (', error="invalid_token"' if given else "")
+                    metrics.GATEWAY_REQUESTS.labels(*self.wf_labels, "auth", "401").inc()
+                    return web.json_response(
+                        {"error": "a valid 'Authorization: Bearer <token>' header is required"},
+                        status=401,
+                        headers={"WWW-Authenticate": challenge},
+                    )
+                _CLIENT.set(f"token:{client}")
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return web.json_response({"error": "internal error; see the gateway's log"}, status=500)
 
     def _error(self, route: str, code: int, message: str, **extra: Any) -> web.Response:
         metrics.GATEWAY_REQUESTS.labels(*self.wf_labels, route, str(code)).inc()
         headers = {"Retry-After": str(extra.pop("retry_after"))} if "retry_after" in extra else None
         return web.json_response({"error": message, **extra}, status=code, headers=headers)
 
-    async def _accept(self, request: web.Request, route: str) -> dict[str, Any] | web.Response:
-        body = await request.read()
+    def _redis_error(self, route: str, e: BaseException) -> web.Response:
+        """429 when this process ran out of pooled connections (busy), 503 when Redis is unreachable."""
+        if pool_exhausted(e):
+            return self._error(route, 429, "busy: no queue connection came free in time", retry_after=1)
+        log.warning("redis unavailable on %s: %s", route, e)
+        return self._error(route, 503, "queue unavailable; retry later", retry_after=1)
+
+    # ---- accepting a run --------------------------------------------------------------------------------
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise BadRequest(413, f"body is over {limit} bytes, the limit of this route")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _parse(self, request: web.Request) -> RunRequest:
+        s = self.settings
+        check_content_type(request.headers.get("Content-Type", ""))
+        declared = request.content_length
+        if declared is not None and declared > s.max_body_bytes:
+            raise BadRequest(413, f"body is {declared} bytes; the limit of this route is {s.max_body_bytes}")
+        reserve = declared if declared is not None else s.max_body_bytes
+        if self._body_bytes + reserve > self._body_budget:
+            raise BadRequest(429, "busy: too many request bodies in flight")
+        self._body_bytes += reserve
         try:
-            req = parse_request(
-                body, self.validator, self.settings.priority, int(self.settings.request_timeout_s * 1000 * 10)
-            )
+            body = await self._read_body(request)
+
+            def parse() -> RunRequest:
+                max_timeout_ms = int(s.request_timeout_s * 1000 * 10)
+                return parse_request(
+                    body, self.validator, s.priority, max_timeout_ms, s.max_body_bytes, s.max_json_depth
+                )
+
+            async with self._parse_slots:
+                if len(body) <= INLINE_PARSE_BYTES and self.validator is None:
+                    return parse()
+                return await asyncio.get_running_loop().run_in_executor(self._parser, parse)
+        finally:
+            self._body_bytes -= reserve
+
+    async def _accept(self, request: web.Request, route: str) -> tuple[RunRequest, str] | web.Response:
+        """Parse and admit a run; on success the run id is booked for the client (release it if unused)."""
+        try:
+            req = await self._parse(request)
         except BadRequest as e:
-            return self._error(route, e.status, str(e))
+            return self._error(route, e.status, str(e), **({"retry_after": 1} if e.status == 429 else {}))
         g = self.settings.graph
-        decision = admit(
-            backlog=self._backlog,
-            throughput_rps=self._meter.rate(time.monotonic()),
-            p95_budget_ms=g.p95_latency_ms,
-            share=priority_share(req["priority"], self.settings.priority),
-            min_backlog=self.min_backlog,
-            fallback_rps=g.target_rps,
-        )
+        client = _CLIENT.get()
+        rate = self._meter.rate(time.monotonic())
+        share = priority_share(req.priority, self.settings.priority)
+        decision = admit(self._backlog, rate, g.p95_latency_ms, share, self.min_backlog, g.target_rps)
+        cap = capacity(rate, g.p95_latency_ms, share, self.min_backlog, g.target_rps)
+        fair = fair_share(cap, self.clients.active(client))
+        over = self.clients.most_held_by_others(client) > fair
+        decision = admit_client(decision, self.clients.holds(client), fair, over, self._backlog, cap, rate)
         if not decision.admit:
-            metrics.GATEWAY_SHED.labels(*self.wf_labels, str(req["priority"])).inc()
+            metrics.GATEWAY_SHED.labels(*self.wf_labels, str(req.priority)).inc()
             return self._error(
                 route,
                 429,
                 f"overloaded: estimated queueing {decision.estimated_ms:.0f} ms exceeds the "
-                f"{g.p95_latency_ms} ms p95 objective",
+                f"{g.p95_latency_ms} ms p95 objective, or this client holds its fair share ({fair} runs)",
                 retry_after=decision.retry_after_s,
             )
-        return req
+        run_id = req.run_id or uuid.uuid4().hex
+        if not self.clients.add(client, run_id, time.monotonic()):
+            return self._error(route, 409, f"run {run_id} already exists", run_id=run_id)
+        return req, run_id
 
-    async def _enqueue(self, req: dict[str, Any]) -> bool:
+    async def _enqueue(self, req: RunRequest, run_id: str) -> bool:
         p = self.prefix
-        data = json.dumps(req["input"], separators=(",", ":"))
-        lane = lane_of(req["priority"], self.settings.priority)
-        ks = [streams.run(p, req["run_id"]), streams.inflight(p), *self.sources[lane]]
-        args = [req["run_id"], data, f"{time.time():.6f}", req["priority"], self.settings.result_ttl_s]
-        args.append(self.settings.stream_maxlen)
+        lane = lane_of(req.priority, self.settings.priority)
+        ks = [streams.run(p, run_id), streams.inflight(p), *self.sources[lane]]
+        args: list[str | int] = [run_id, req.data, f"{time.time():.6f}", req.priority]
+        args += [self.settings.result_ttl_s, self.settings.stream_maxlen]
         created = int(await self._submit(keys=ks, args=args))
         if created:
             self._backlog += 1
         return bool(created)
 
+    # ---- routes -------------------------------------------------------------------------------------
+
     async def run_sync(self, request: web.Request) -> web.Response:
         route = "sync"
-        req = await self._accept(request, route)
-        if isinstance(req, web.Response):
-            return req
+        accepted = await self._accept(request, route)
+        if isinstance(accepted, web.Response):
+            return accepted
+        req, run_id = accepted
         started = time.monotonic()
-        run_id = req["run_id"]
+        if run_id in self._waiters:  # another sync call of this gateway waits on this id: it keeps it
+            return self._error(route, 409, f"run {run_id} already exists", run_id=run_id)
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiters[run_id] = fut
         try:
             try:
-                created = await self._enqueue(req)
+                created = await self._enqueue(req, run_id)
             except REDIS_ERRORS as e:
-                return self._error(route, 503, f"queue unavailable: {e}", retry_after=1)
+                self.clients.release(run_id)
+                return self._redis_error(route, e)
             if not created:
+                self.clients.release(run_id)
                 return self._error(route, 409, f"run {run_id} already exists", run_id=run_id)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(fut), req["timeout_ms"] / 1000)
-            state = await self._state(run_id)  # the record is the truth, the notification a hint
+                await asyncio.wait_for(asyncio.shield(fut), req.timeout_ms / 1000)
+            try:
+                state = await self._state(run_id)  # the record is the truth, the notification a hint
+            except REDIS_ERRORS as e:
+                return self._redis_error(route, e)
         finally:
-            self._waiters.pop(run_id, None)
+            if self._waiters.get(run_id) is fut:
+                del self._waiters[run_id]
         if state.get("status") == "done":
             metrics.GATEWAY_LATENCY.labels(*self.wf_labels).observe(time.monotonic() - started)
             metrics.GATEWAY_REQUESTS.labels(*self.wf_labels, route, "200").inc()
@@ -261,19 +366,21 @@ class Gateway:
 
     async def submit(self, request: web.Request) -> web.Response:
         route = "submit"
-        req = await self._accept(request, route)
-        if isinstance(req, web.Response):
-            return req
+        accepted = await self._accept(request, route)
+        if isinstance(accepted, web.Response):
+            return accepted
+        req, run_id = accepted
         try:
-            created = await self._enqueue(req)
+            created = await self._enqueue(req, run_id)
         except REDIS_ERRORS as e:
-            return self._error(route, 503, f"queue unavailable: {e}", retry_after=1)
+            self.clients.release(run_id)
+            return self._redis_error(route, e)
         if not created:
-            return self._error(route, 409, f"run {req['run_id']} already exists", run_id=req["run_id"])
+            self.clients.release(run_id)
+            return self._error(route, 409, f"run {run_id} already exists", run_id=run_id)
         metrics.GATEWAY_REQUESTS.labels(*self.wf_labels, route, "202").inc()
         return web.json_response(
-            {"run_id": req["run_id"], "status": "queued", "status_url": f"/v1/runs/{req['run_id']}"},
-            status=202,
+            {"run_id": run_id, "status": "queued", "status_url": f"/v1/runs/{run_id}"}, status=202
         )
 
     async def _state(self, run_id: str) -> dict[str, Any]:
@@ -290,10 +397,12 @@ class Gateway:
 
     async def get_run(self, request: web.Request) -> web.Response:
         run_id = request.match_info["run_id"]
+        if not valid_run_id(run_id):  # never echoed: it may be long or hostile
+            return self._error("get", 400, f"a run id is {RUN_ID_RULE}")
         try:
             state = await self._state(run_id)
         except REDIS_ERRORS as e:
-            return self._error("get", 503, f"queue unavailable: {e}", retry_after=1)
+            return self._redis_error("get", e)
         if not state:
             return self._error("get", 404, f"run {run_id} not found (unknown or expired)")
         metrics.GATEWAY_REQUESTS.labels(*self.wf_labels, "get", "200").inc()
@@ -302,9 +411,20 @@ class Gateway:
     async def healthz(self, _: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    async def readyz(self, _: web.Request) -> web.Response:
+    async def redis_ok(self) -> bool:
         try:
             await self.redis.ping()
         except (*REDIS_ERRORS, ResponseError) as e:
-            return web.Response(status=503, text=f"redis: {e}")
-        return web.Response(text="ok")
+            if pool_exhausted(e):  # busy, not down: stay ready
+                return True
+            log.warning("readiness: redis: %s", e)
+            return False
+        return True
+
+    async def readyz(self, _: web.Request) -> web.Response:
+        if await self.redis_ok():
+            return web.Response(text="ok")
+        return web.Response(status=503, text="redis unreachable")
+
+    async def openapi(self, _: web.Request) -> web.Response:
+        return web.json_response(openapi(self.settings))

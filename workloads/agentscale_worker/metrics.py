@@ -7,6 +7,7 @@ reports it): the resource controller groups one batched query for all workflows 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 from aiohttp import web
@@ -94,19 +95,47 @@ GATEWAY_LATENCY = Histogram(
 )
 GATEWAY_BACKLOG = Gauge("agentscale_gateway_backlog", "Runs accepted and not finished", WORKFLOW_LABELS)
 GATEWAY_THROUGHPUT = Gauge("agentscale_gateway_throughput_rps", "Recent run completion rate", WORKFLOW_LABELS)
+REDIS_STREAM_LENGTH = Gauge(
+    "agentscale_redis_stream_length",
+    "Entries in one of the workflow's streams (step:<step>[:lane], dlq:<step>, results)",
+    [*WORKFLOW_LABELS, "stream"],
+)
+REDIS_STREAM_BYTES = Gauge(
+    "agentscale_redis_stream_bytes",
+    "Memory of one of the workflow's streams (Redis MEMORY USAGE, sampled)",
+    [*WORKFLOW_LABELS, "stream"],
+)
+REDIS_WORKFLOW_BYTES = Gauge(
+    "agentscale_redis_workflow_bytes", "Memory of all the workflow's streams together", WORKFLOW_LABELS
+)
+REDIS_USED_MEMORY = Gauge(
+    "agentscale_redis_used_memory_bytes",
+    "used_memory of the Redis server the workflow uses (shared by every workflow on it)",
+    WORKFLOW_LABELS,
+)
 
 
 async def metrics_handler(_: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def start_metrics_server(port: int, host: str = "0.0.0.0") -> web.AppRunner | None:
-    """Serve /metrics and /healthz on ``port`` (0 or negative: don't serve)."""
+async def start_metrics_server(
+    port: int, host: str = "0.0.0.0", ready: Callable[[], Awaitable[bool]] | None = None
+) -> web.AppRunner | None:
+    """Serve /metrics, /healthz (the event loop answers) and, given ``ready``, /readyz (200 while it says
+    True, else 503: a step worker's Redis connection) on ``port`` (0 or negative: don't serve)."""
     if port <= 0:
         return None
     app = web.Application()
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", lambda _: _ok())
+    if ready is not None:
+        check = ready
+
+        async def readyz(_: web.Request) -> web.Response:
+            return web.Response(text="ok") if await check() else web.Response(status=503, text="not ready")
+
+        app.router.add_get("/readyz", readyz)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

@@ -79,6 +79,6 @@ class Publisher:
         ks.append(streams.done(p, run_id, s.step))
         data = fields.get("data", "")[:100_000]
         args: list[str | int] = [streams.GROUP, msg_id, run_id, s.step, error[-4000:], data, attempts]
-        args += [s.result_ttl_s, s.stream_maxlen, f"{time.time():.6f}"]
+        args += [s.result_ttl_s, s.stream_maxlen, f"{time.time():.6f}", s.dlq_maxlen]
         log.error("run %s step %s dead-lettered after %d attempts: %s", run_id, s.step, attempts, error)
         return int(await self._fail(keys=ks, args=args))

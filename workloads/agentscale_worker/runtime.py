@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from redis.exceptions import ResponseError
+
 from . import metrics, streams
 from .aio import stop_tasks
 from .backoff import backoff_s
@@ -67,7 +69,9 @@ class StepWorker:
                 settings.request_timeout_s,
             )
         self.pool = ThreadPoolExecutor(max_workers=max(2, settings.concurrency), thread_name_prefix="cpu")
-        self.redis = streams.redis_client(settings.redis_url)
+        self.redis = streams.redis_client(
+            settings.redis_url, settings.redis_max_connections, settings.redis_pool_timeout_s
+        )
         self.publisher = Publisher(self.redis, settings)
         self.inflight = InFlight(self.streams, settings.concurrency, self._handle, self.labels)
         self._abandoned = False
@@ -82,7 +86,9 @@ class StepWorker:
         await self._ensure_groups()
         if self.model:
             await self.model.start()
-        self._metrics_runner = await metrics.start_metrics_server(self.settings.metrics_port)
+        self._metrics_runner = await metrics.start_metrics_server(
+            self.settings.metrics_port, ready=self.ready
+        )
         r, s, me = self.redis, self.settings, self.settings.consumer
         stop = self._stopping
         self._bg = [
@@ -125,6 +131,17 @@ class StepWorker:
             await self._metrics_runner.cleanup()
         await self.redis.aclose()
         self.pool.shutdown(wait=False)
+
+    async def ready(self) -> bool:
+        """Readiness: Redis answers (a worker cut off from it takes no work; the probe says so)."""
+        try:
+            await self.redis.ping()
+        except (*streams.REDIS_ERRORS, ResponseError) as e:
+            if streams.pool_exhausted(e):
+                return True
+            log.warning("readiness: redis: %s", e)
+            return False
+        return True
 
     async def _ensure_groups(self) -> None:
         for stream in self.streams:

@@ -12,34 +12,91 @@ COMPLETE (worker)  publish a step's output to each next step (joining where a st
                    ``done:<run>:<step>`` makes it idempotent: a message processed twice (reclaimed from a
                    slow consumer, or redelivered after a crash before the script ran) publishes once.
 FAIL     (worker)  move a message to the dead-letter stream with its error, XACK, and fail the run once.
+COMPLETE and FAIL delete the message they acknowledge when ``workers`` is the stream's only consumer group
+(so an acknowledged payload does not stay in Redis); :func:`trim_acked` removes what every group has acked
+otherwise. Delivery stays at least once: nothing unacknowledged is deleted.
 """
 
 from __future__ import annotations
+
+import asyncio
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import MaxConnectionsError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # What a lost or restarting Redis raises: callers retry these (or answer 503), never crash on them.
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
-def redis_client(url: str) -> aioredis.Redis:
+def redis_client(url: str, max_connections: int = 64, pool_timeout_s: float = 5.0) -> aioredis.Redis:
     """A pooled client that retries a command on a fresh connection after a connection error.
 
     ``from_url`` leaves the pool without retries, so after a Redis restart every pooled connection failed
     once (20 of 20 concurrent commands in a probe; the gateway answered 503 to each). Retrying is safe
-    for our writes: the Lua scripts are idempotent (run id / done markers)."""
-    return aioredis.Redis.from_url(
+    for our writes: the Lua scripts are idempotent (run id / done markers).
+
+    The pool blocks: past ``max_connections`` commands in flight, a command waits up to ``pool_timeout_s``
+    for a connection instead of failing at once with "Too many connections" (redis-py's default pool, 100
+    connections, failed 4-9 of 300 concurrent submits). A wait that runs out raises what
+    :func:`pool_exhausted` recognises: the process is busy, Redis is not down."""
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=pool_timeout_s,
         decode_responses=True,
         health_check_interval=10,
         retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), 3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+    return aioredis.Redis.from_pool(pool)
+
+
+def pool_exhausted(e: BaseException) -> bool:
+    """True when ``e`` says no pooled connection came free in time (busy), not that Redis is unreachable."""
+    return isinstance(e, MaxConnectionsError) or (
+        isinstance(e, RedisConnectionError) and isinstance(e.__cause__, asyncio.TimeoutError | TimeoutError)
+    )
+
+
+def next_id(stream_id: str) -> str:
+    """The smallest stream id after ``stream_id`` (``ms-seq``)."""
+    ms, _, seq = stream_id.partition("-")
+    return f"{ms}-{int(seq or 0) + 1}"
+
+
+async def trim_acked(r: aioredis.Redis, stream: str, groups: list[dict[str, Any]] | None = None) -> int:
+    """Delete the entries every consumer group of ``stream`` has acknowledged; returns how many went.
+
+    An entry is acknowledged by a group when it was delivered (id <= the group's last-delivered-id) and is
+    not pending; so everything below the oldest pending id (or, with nothing pending, up to the last
+    delivered) is done for that group, and what is below that point for every group can go. The COMPLETE
+    and FAIL scripts already delete their own message when ``workers`` is the only group; this catches the
+    rest (other groups, or messages acknowledged by hand)."""
+    groups = groups if groups is not None else await r.xinfo_groups(stream)
+    if not groups:
+        return 0
+    floor: str | None = None
+    for g in groups:
+        if int(g.get("pending") or 0) > 0:
+            summary: Any = await r.xpending(stream, g["name"])
+            low = str(summary["min"])
+        else:
+            low = next_id(str(g["last-delivered-id"]))
+        if floor is None or _id_key(low) < _id_key(floor):
+            floor = low
+    if floor is None or floor == "0-1":
+        return 0
+    return int(await r.xtrim(stream, minid=floor, approximate=False))
+
+
+def _id_key(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 async def ensure_group(r: aioredis.Redis, stream: str) -> None:
@@ -109,17 +166,31 @@ end
 return 1
 """
 
-COMPLETE = """
+ACK = """
+-- acknowledge, and delete the entry when this group is the stream's only one (every group has acked it)
+local function ack(stream, group, id)
+  if redis.call('XACK', stream, group, id) == 1 then
+    local groups = redis.pcall('XINFO', 'GROUPS', stream)
+    if type(groups) == 'table' and groups.err == nil and #groups == 1 then
+      redis.call('XDEL', stream, id)
+    end
+  end
+end
+"""
+
+COMPLETE = (
+    ACK
+    + """
 -- KEYS: own stream, done marker, run, results, inflight, then per next step: stream, join key
 -- ARGV: group, msg_id, run_id, step, output, t0, prio, ttl, maxlen, nsinks, now, then per next: npreds
 local ttl = tonumber(ARGV[8])
 if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ttl) then
-  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  ack(KEYS[1], ARGV[1], ARGV[2])
   return 0
 end
 local status = redis.call('HGET', KEYS[3], 'status')
 if status == 'failed' or status == 'done' then
-  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  ack(KEYS[1], ARGV[1], ARGV[2])
   return 2
 end
 local nnext = (#KEYS - 5) / 2
@@ -163,16 +234,19 @@ if nnext == 0 then
     finished = 1
   end
 end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+ack(KEYS[1], ARGV[1], ARGV[2])
 return 1 + 2 * finished
 """
+)
 
-FAIL = """
+FAIL = (
+    ACK
+    + """
 -- KEYS: own stream, dlq, run, results, inflight, done marker
--- ARGV: group, msg_id, run_id, step, error, data, attempts, ttl, maxlen, now
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[9], '*', 'run', ARGV[3], 'step', ARGV[4],
+-- ARGV: group, msg_id, run_id, step, error, data, attempts, ttl, maxlen, now, dlq maxlen
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[11], '*', 'run', ARGV[3], 'step', ARGV[4],
            'error', ARGV[5], 'data', ARGV[6], 'attempts', ARGV[7], 'id', ARGV[2], 'failed_at', ARGV[10])
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+ack(KEYS[1], ARGV[1], ARGV[2])
 if not redis.call('SET', KEYS[6], 'failed', 'NX', 'EX', tonumber(ARGV[8])) then return 0 end
 local status = redis.call('HGET', KEYS[3], 'status')
 if status == 'failed' or status == 'done' then return 0 end
@@ -182,3 +256,4 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*', 'run', ARGV[3], 'status
 redis.call('DECR', KEYS[5])
 return 1
 """
+)

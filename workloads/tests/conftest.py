@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -73,17 +74,20 @@ class Flow:
     workers: list[StepWorker] = field(default_factory=list)
     session: aiohttp.ClientSession | None = None
 
-    async def post(self, path: str, body: Any, raw: bytes | None = None) -> tuple[int, dict[str, Any], Any]:
+    async def post(
+        self, path: str, body: Any, raw: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, Any], Any]:
+        """POST JSON (``body``) or ``raw`` bytes, as application/json unless ``headers`` say otherwise."""
         assert self.session
-        data = raw if raw is not None else None
-        kw: dict[str, Any] = {"data": data} if raw is not None else {"json": body}
-        async with self.session.post(self.url + path, **kw) as r:
-            return r.status, dict(r.headers), await r.json()
+        h = {"Content-Type": "application/json", **(headers or {})}
+        kw: dict[str, Any] = {"data": raw} if raw is not None else {"data": json.dumps(body)}
+        async with self.session.post(self.url + path, headers=h, **kw) as r:
+            return r.status, dict(r.headers), await r.json(content_type=None)
 
-    async def get(self, path: str) -> tuple[int, Any]:
+    async def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         assert self.session
-        async with self.session.get(self.url + path) as r:
-            return r.status, await r.json()
+        async with self.session.get(self.url + path, headers=headers) as r:
+            return r.status, await r.json(content_type=None)
 
 
 @asynccontextmanager
