@@ -44,7 +44,7 @@ class ClusterCache:
         if have is not None and have.uid == uid and have.generation == generation:
             return have
         try:
-            spec = parse_spec(record["spec"])
+            spec = parse_spec(record["spec"], name=key[1])
         except InvalidSpec as exc:
             out = Parsed(uid, generation, None, list(exc.problems))
         else:

@@ -24,8 +24,8 @@ def _load(path: str) -> list[dict[str, Any]]:
 
 
 def _workflow(doc: dict[str, Any]) -> AgentWorkflow:
-    spec = parse_spec(doc.get("spec") or {})
     meta = doc.get("metadata") or {}
+    spec = parse_spec(doc.get("spec") or {}, name=str(meta.get("name", "")))
     return AgentWorkflow(
         metadata={"name": meta.get("name", ""), "namespace": meta.get("namespace")}, spec=spec
     )

@@ -49,7 +49,10 @@ class Kind:
 
 # Children a workflow owns, in apply order. Each is indexed by (namespace, workflow), watched with
 # OWNED_SELECTOR, diffed by spec hash, checked for drift, put back when deleted and pruned when unwanted.
+# The ServiceAccount and NetworkPolicies go first so that no pod starts under another identity or unguarded.
 OWNED: tuple[Kind, ...] = (
+    Kind("ServiceAccount", "v1", "serviceaccounts", apply_first=True),
+    Kind("NetworkPolicy", "networking.k8s.io/v1", "networkpolicies", apply_first=True),
     Kind("ConfigMap", "v1", "configmaps", apply_first=True),
     Kind("Service", "v1", "services", apply_first=True),
     Kind("Deployment", "apps/v1", "deployments", generation_tracks_spec=True),

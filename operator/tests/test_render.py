@@ -91,17 +91,17 @@ def test_gpu_pinning() -> None:
     )
     deps = by_kind(render_workflow(wf_from(spec)), "Deployment")
     whole = deps["wf-whole"]["spec"]["template"]["spec"]
-    assert whole["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": 2}
+    assert whole["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": 2, "memory": "16Gi"}
     assert whole["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in whole["tolerations"]
     assert whole["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
     mig = deps["wf-slice"]["spec"]["template"]["spec"]
-    assert mig["containers"][0]["resources"]["limits"] == {"nvidia.com/mig-1g.10gb": 1}
+    assert mig["containers"][0]["resources"]["limits"] == {"nvidia.com/mig-1g.10gb": 1, "memory": "16Gi"}
     assert "nodeSelector" not in mig
     shared = deps["wf-shared"]["spec"]["template"]["spec"]
-    assert shared["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu.shared": 1}
+    assert shared["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu.shared": 1, "memory": "16Gi"}
     cpu = deps["wf-cpu"]["spec"]["template"]["spec"]
-    assert "tolerations" not in cpu and "limits" not in cpu["containers"][0]["resources"]
+    assert "tolerations" not in cpu and cpu["containers"][0]["resources"]["limits"] == {"memory": "16Gi"}
     # GPU Deployments replace in place (no surge into a full GPU pool).
     assert deps["wf-whole"]["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
 

@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel
 
 from agentscale.api import models as m
+from agentscale.api.base import cel, cel_string
+from agentscale.render import labels as L
 
 _INT_OR_STRING_KEYS = (
     "x-kubernetes-int-or-string",
@@ -132,14 +134,36 @@ def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     return schema
 
 
+# A workflow's name prefixes every child's name, and Services (<name>-gateway, <name>-<model>) need DNS-1035
+# labels: lowercase letters, digits and '-', starting with a letter. metadata.name alone allows dots and a
+# leading digit (a DNS-1123 subdomain), so without this rule `with.dot` is stored and fails half-applied.
+DNS_1035 = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+
 def _root_rules() -> list[dict[str, str]]:
+    longest = max(L.FIXED_PARTS, key=len)
     return [
-        m.cel(
-            "size(self.metadata.name) <= 55",
-            "metadata.name must be at most 55 characters (it prefixes child names such as <name>-gateway)",
+        cel(
+            f"self.metadata.name.matches({cel_string(DNS_1035)})",
+            "metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a "
+            "letter; no '.'), because it prefixes the names of the workflow's Services "
+            "(<name>-gateway, <name>-<model>); e.g. my-flow rather than my.flow",
+            reason="FieldValueInvalid",
+            message_expression=(
+                "\"metadata.name '\" + self.metadata.name + \"' cannot prefix the workflow's Service names "
+                "(<name>-gateway, <name>-<model>), which must be DNS-1035 labels: lowercase letters, digits "
+                "and '-', starting with a letter; use e.g. '\" + "
+                "(self.metadata.name.matches('^[a-z]') ? '' : 'wf-') + "
+                "self.metadata.name.replace('.', '-') + \"'\""
+            ),
+        ),
+        cel(
+            f"size(self.metadata.name) <= {L.MAX_WORKFLOW_NAME}",
+            f"metadata.name must be at most {L.MAX_WORKFLOW_NAME} characters: it prefixes child names, "
+            f"the longest <name>-{longest}, which must fit in 63",
             reason="FieldValueInvalid",
         ),
-        m.cel(
+        cel(
             "self.spec.steps.all(s, size(self.metadata.name) + size(s.name) < 63) && "
             "self.spec.models.all(x, size(self.metadata.name) + size(x.name) < 63)",
             "<workflow name>-<step or model name> must be at most 63 characters (a Service/label value); "

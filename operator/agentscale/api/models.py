@@ -13,8 +13,12 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
 from pydantic_core import PydanticCustomError
+
+from agentscale.api.base import Advice, cel, dns_label_example
+from agentscale.api.base import Model as _Model
+from agentscale.api.pods import NetworkPolicySpec, ServiceAccountSpec
 
 GROUP = "agentscale.io"
 VERSION = "v1alpha1"
@@ -32,6 +36,9 @@ MAX_MODELS = 32
 MAX_NEXT = 16
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+REDIS_URL = r"^rediss?://"
+# Credentials in a Redis URL: userinfo (user:password@ before the first '/') or a password query parameter.
+REDIS_URL_CREDENTIALS = r"^rediss?://[^/]*@|[?&]password="
 # A non-negative Kubernetes resource quantity, as k8s.io/apimachinery parses it: "500m", "2", "1.5Gi", "1e3",
 # ".5". (Negative quantities parse too, but no request or limit may be negative.)
 QUANTITY = r"^\+?([0-9]+(?:\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
@@ -94,7 +101,14 @@ def _resource_name(value: object) -> object:
     return value
 
 
-Name = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=DNS_LABEL)]
+DNS_LABEL_ADVICE = (
+    "must be a DNS-1123 label: lowercase letters, digits and '-', starting and ending with a letter or digit"
+)
+Name = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=63),
+    Advice(DNS_LABEL, DNS_LABEL_ADVICE, dns_label_example),
+]
 Quantity = Annotated[
     str | int,
     BeforeValidator(_quantity),
@@ -109,19 +123,32 @@ Quantity = Annotated[
 ]
 ResourceName = Annotated[str, BeforeValidator(_resource_name)]
 
-
-def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, Any]:
-    """One CEL validation rule as the CRD wants it."""
-    out: dict[str, Any] = {"rule": rule, "message": message}
-    if field_path:
-        out["fieldPath"] = field_path
-    if reason:
-        out["reason"] = reason
-    return out
+# Defaults every pod gets unless its part of the spec says otherwise (docs/security.md, "Defaults").
+DEFAULT_PROBE_TIMEOUT_SECONDS = 5
+DEFAULT_TMP_SIZE_LIMIT = "1Gi"
+DEFAULT_MODEL_VOLUME_SIZE_LIMIT = "64Gi"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="forbid", use_attribute_docstrings=False)
+def _probe_timeout() -> Any:
+    return Field(
+        DEFAULT_PROBE_TIMEOUT_SECONDS,
+        ge=1,
+        le=60,
+        description=(
+            "Seconds each readiness, liveness and startup probe may take before it counts as failed "
+            "(Kubernetes' own default, 1 s, fails a busy but healthy process)."
+        ),
+    )
+
+
+def _tmp_size_limit() -> Any:
+    return Field(
+        DEFAULT_TMP_SIZE_LIMIT,
+        description=(
+            "Size limit of the pod's writable /tmp (an emptyDir; the root filesystem is read-only). A pod "
+            "that writes more is evicted, so one runaway process cannot fill the node's disk."
+        ),
+    )
 
 
 # --------------------------------------------------------------------------------------------- shared pieces
@@ -167,12 +194,26 @@ class Queue(_Model):
         }
     )
 
-    redisUrl: str | None = Field(
+    redisUrl: (
+        Annotated[
+            str,
+            StringConstraints(max_length=2048),
+            Advice(REDIS_URL, "must be a Redis URL: redis://<host>:<port>/<db>, or rediss:// for TLS"),
+            Advice(
+                REDIS_URL_CREDENTIALS,
+                "must not carry credentials (user:password@ or ?password=): every pod would show them as a "
+                "plain environment value; put the whole URL in a Secret and name it in "
+                "spec.queue.redisSecretRef instead",
+                forbid=True,
+                echo=False,
+            ),
+        ]
+        | None
+    ) = Field(
         None,
-        max_length=2048,
-        pattern=r"^rediss?://",
         description=(
-            "Redis URL, e.g. redis://redis.agentscale-system:6379/0. Use redisSecretRef for passwords."
+            "Redis URL without credentials, e.g. redis://redis.agentscale-system:6379/0. A URL with a "
+            "password goes in a Secret: use redisSecretRef."
         ),
     )
     redisSecretRef: SecretKeyRef | None = Field(
@@ -210,16 +251,35 @@ class GPU(_Model):
     count: int | None = Field(
         None, ge=1, le=16, description="Whole GPUs per pod (resource nvidia.com/gpu). Excludes migProfile."
     )
-    migProfile: str | None = Field(
+    migProfile: (
+        Annotated[
+            str,
+            StringConstraints(max_length=32),
+            Advice(
+                r"^[1-7]g\.[0-9]+gb(\.me)?$",
+                "must be a MIG profile as the NVIDIA device plugin names it: <slices>g.<memory>gb, e.g. "
+                "1g.10gb, 3g.40gb or 1g.10gb.me",
+            ),
+        ]
+        | None
+    ) = Field(
         None,
-        max_length=32,
-        pattern=r"^[1-7]g\.[0-9]+gb(\.me)?$",
         description="One MIG slice per pod, e.g. 1g.10gb (resource nvidia.com/mig-1g.10gb). Excludes count.",
     )
-    product: str | None = Field(
+    product: (
+        Annotated[
+            str,
+            StringConstraints(max_length=63),
+            Advice(
+                r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+                "must be a label value as GPU feature discovery writes it: letters, digits, '-', '_' and "
+                "'.', e.g. NVIDIA-H100-80GB-HBM3 (spaces become '-')",
+                lambda v: "-".join(v.split()),
+            ),
+        ]
+        | None
+    ) = Field(
         None,
-        max_length=63,
-        pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
         description=(
             "GPU model to pin to, as GPU feature discovery labels it (nvidia.com/gpu.product), "
             "e.g. NVIDIA-H100-80GB-HBM3."
@@ -382,9 +442,16 @@ class Backend(StrEnum):
 class EnvVar(_Model):
     """An environment variable; valueFrom takes a Kubernetes EnvVarSource."""
 
-    name: str = Field(
-        min_length=1, max_length=253, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="Variable name."
-    )
+    name: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=253),
+        Advice(
+            r"^[-._a-zA-Z][-._a-zA-Z0-9]*$",
+            "must be an environment variable name: letters, digits, '_', '-' and '.', not starting with a "
+            "digit",
+            lambda v: "_".join(v.split()).lstrip("0123456789"),
+        ),
+    ] = Field(description="Variable name.")
     value: str | None = Field(None, description="Literal value.")
     valueFrom: dict[str, Any] | None = Field(
         None,
@@ -417,10 +484,16 @@ class ModelServer(_Model):
 
     name: Name = Field(description="Model name, as Triton knows it; a DNS-1123 label.")
     image: str = Field(DEFAULT_TRITON_IMAGE, min_length=1, max_length=512, description="Triton image.")
-    modelRepository: str = Field(
-        min_length=1,
-        max_length=1024,
-        pattern=r"^(file:///|/|pvc://)",
+    modelRepository: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=1024),
+        Advice(
+            r"^(file:///|/|pvc://)",
+            "must say where the model lives: an absolute path inside the image (/models or file:///models) "
+            "or a PersistentVolumeClaim (pvc://<claim>/<path>)",
+            lambda v: "/" + v.lstrip("./") if "://" not in v else "",
+        ),
+    ] = Field(
         description=(
             "Where the model lives: a path inside the image (file:///models or /models) or on a "
             "PersistentVolumeClaim (pvc://<claim>/<path>). The model is read from <repository>/<name>."
@@ -443,7 +516,22 @@ class ModelServer(_Model):
         default_factory=dict, description="String parameters passed to the model (config.pbtxt parameters)."
     )
     gpu: GPU | None = Field(None, description="GPUs per server pod; omit to run on CPU.")
-    resources: Resources = Field(default_factory=Resources, description="CPU and memory per server pod.")
+    resources: Resources = Field(
+        default_factory=Resources,
+        description=(
+            "CPU and memory per server pod. Unset: requests cpu 1, memory 2Gi; memory limit 16Gi (or the "
+            "memory request, if larger); no CPU limit."
+        ),
+    )
+    probeTimeoutSeconds: int = _probe_timeout()
+    tmpSizeLimit: Quantity = _tmp_size_limit()
+    modelVolumeSizeLimit: Quantity = Field(
+        DEFAULT_MODEL_VOLUME_SIZE_LIMIT,
+        description=(
+            "Size limit of the emptyDir the model is copied into before Triton starts (/models). Raise it "
+            "for models larger than this; a pod whose copy exceeds it is evicted."
+        ),
+    )
     scaling: Scaling = Field(default_factory=Scaling, description="Replicas of the model server.")
     podAnnotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
         default_factory=dict,
@@ -507,7 +595,15 @@ class Step(_Model):
     maxDeliveries: int = Field(
         5, ge=1, le=100, description="Attempts before a message goes to the dead-letter stream."
     )
-    resources: Resources = Field(default_factory=Resources, description="CPU and memory per worker pod.")
+    resources: Resources = Field(
+        default_factory=Resources,
+        description=(
+            "CPU and memory per worker pod. Unset: requests cpu 100m, memory 128Mi; memory limit 1Gi (or "
+            "the memory request, if larger); no CPU limit."
+        ),
+    )
+    probeTimeoutSeconds: int = _probe_timeout()
+    tmpSizeLimit: Quantity = _tmp_size_limit()
     gpu: GPU | None = Field(None, description="GPUs per worker pod (most steps need none).")
     scaling: Scaling = Field(default_factory=Scaling, description="Replicas of the worker.")
     podAnnotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
@@ -528,17 +624,30 @@ class Gateway(_Model):
     enabled: bool = Field(True, description="Render the gateway Deployment and Service.")
     image: str = Field(DEFAULT_WORKER_IMAGE, min_length=1, max_length=512, description="Gateway image.")
     replicas: int = Field(1, ge=1, le=100, description="Gateway replicas.")
-    validator: str = Field(
+    validator: Annotated[
+        str,
+        StringConstraints(max_length=256),
+        Advice(
+            r"^$|^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$",
+            "must name a function as package.module:function (e.g. myapp.checks:validate_input), or be empty",
+        ),
+    ] = Field(
         "",
-        max_length=256,
-        pattern=r"^$|^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$",
         description=(
             "A function in the gateway image that checks each run's input before it is queued, as "
             "package.module:function (it returns an error message or None; a message becomes a 422). "
             "Empty: any JSON input is accepted."
         ),
     )
-    resources: Resources = Field(default_factory=Resources, description="CPU and memory per gateway pod.")
+    resources: Resources = Field(
+        default_factory=Resources,
+        description=(
+            "CPU and memory per gateway pod. Unset: requests cpu 100m, memory 128Mi; memory limit 1Gi (or "
+            "the memory request, if larger); no CPU limit."
+        ),
+    )
+    probeTimeoutSeconds: int = _probe_timeout()
+    tmpSizeLimit: Quantity = _tmp_size_limit()
     podAnnotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
         default_factory=dict,
         max_length=64,
@@ -601,6 +710,17 @@ class AgentWorkflowSpec(_Model):
         None, max_length=253, description="PriorityClass for every pod of the workflow (must exist)."
     )
     queue: Queue = Field(description="The Redis server that carries messages between steps.")
+    serviceAccount: ServiceAccountSpec = Field(
+        default_factory=ServiceAccountSpec,
+        description="The identity of the workflow's pods (by default a ServiceAccount without an API token).",
+    )
+    networkPolicy: NetworkPolicySpec = Field(
+        default_factory=NetworkPolicySpec,
+        description=(
+            "Traffic the workflow's pods accept and send (by default only the gateway takes traffic from "
+            "outside the workflow)."
+        ),
+    )
     gateway: Gateway = Field(default_factory=Gateway, description="The workflow's HTTP entry.")
     models: list[ModelServer] = Field(
         default_factory=list,

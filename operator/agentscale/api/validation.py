@@ -1,17 +1,29 @@
 """Checks the API server cannot make with CEL, and parsing at the boundary into the typed model.
 
-Everything here is pure: an object in, a list of problems out. The operator turns problems into a Degraded
-condition with reason InvalidSpec and a Warning Event; it never raises on user input.
+Everything here is pure: an object in, a list of problems out (the operator's configuration, such as the
+image allow-list, is read once and passed in). The operator turns problems into a Degraded condition with
+reason InvalidSpec and a Warning Event; it never raises on user input.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+import functools
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from agentscale.api.models import AgentWorkflowSpec
+from agentscale.render import labels as L
+
+# The operator's image allow-list: comma-separated prefixes (docs/security.md). Unset or empty: any image.
+ALLOWED_IMAGE_PREFIXES_ENV = "AGENTSCALE_ALLOWED_IMAGE_PREFIXES"
+_DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
 class InvalidSpec(Exception):
@@ -31,16 +43,124 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def parse_spec(spec: Mapping[str, Any]) -> AgentWorkflowSpec:
-    """Validate a raw spec into the typed model, or raise InvalidSpec naming each bad field."""
+def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The field names of the model at ``loc`` inside the spec (empty when ``loc`` is not a model)."""
+    model: Any = AgentWorkflowSpec
+    for part in loc:
+        if isinstance(part, int) or not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue  # a list index, or a map key: the model is the item's
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model inside ``X``, ``X | None``, ``list[X]`` or ``dict[str, X]``, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (list, dict, typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    if error["type"] == "extra_forbidden" and loc and isinstance(loc[-1], str):
+        known = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+        if close:
+            return f"{_loc(loc)}: unknown field; did you mean `{close[0]}`?"
+        if known:
+            return f"{_loc(loc)}: unknown field; the fields here are {', '.join(f'`{k}`' for k in known)}"
+        return f"{_loc(loc)}: unknown field"
+    return f"{_loc(loc)}: {error['msg']}"
+
+
+def parse_spec(
+    spec: Mapping[str, Any], *, name: str | None = None, allowed_images: Sequence[str] | None = None
+) -> AgentWorkflowSpec:
+    """Validate a raw spec into the typed model, or raise InvalidSpec naming each bad field and its fix.
+
+    ``name``: the workflow's name, checked as the prefix of every child's name. ``allowed_images``: image
+    prefixes every image must start with; None reads the operator's configuration
+    (:func:`configured_image_prefixes`), empty allows any image.
+    """
+    problems = workflow_name_problems(name) if name is not None else []
     try:
         parsed = AgentWorkflowSpec.model_validate(dict(spec))
     except ValidationError as exc:
-        raise InvalidSpec([f"{_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]) from None
-    problems = semantic_problems(parsed)
+        raise InvalidSpec(problems + [_message(e) for e in exc.errors()]) from None
+    problems += semantic_problems(parsed)
+    prefixes = configured_image_prefixes() if allowed_images is None else tuple(allowed_images)
+    problems += image_problems(parsed, prefixes)
     if problems:
         raise InvalidSpec(problems)
     return parsed
+
+
+def workflow_name_problems(name: str) -> list[str]:
+    """What stops ``name`` from prefixing every child's name (the CRD refuses these too; this catches objects
+    stored before that rule existed)."""
+    out = []
+    if not _DNS_1035.match(name):
+        mended = ("" if name[:1].isalpha() else "wf-") + re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+        out.append(
+            f"metadata.name {name!r} cannot prefix the workflow's Service names (<name>-gateway, "
+            f"<name>-<model>), which must be DNS-1035 labels: lowercase letters, digits and '-', starting "
+            f"with a letter; recreate it as e.g. {mended!r}"
+        )
+    if len(name) > L.MAX_WORKFLOW_NAME:
+        out.append(
+            f"metadata.name is {len(name)} characters; at most {L.MAX_WORKFLOW_NAME} fit in its children's "
+            f"names (<name>-{max(L.FIXED_PARTS, key=len)} must fit in {L.MAX_CHILD_NAME})"
+        )
+    return out
+
+
+@functools.cache
+def configured_image_prefixes() -> tuple[str, ...]:
+    """The operator's image allow-list, read once from ``AGENTSCALE_ALLOWED_IMAGE_PREFIXES``."""
+    return parse_image_prefixes(os.environ.get(ALLOWED_IMAGE_PREFIXES_ENV, ""))
+
+
+def parse_image_prefixes(raw: str) -> tuple[str, ...]:
+    """``"reg.example.com/team/, nvcr.io/nvidia/"`` -> the prefixes, blanks dropped."""
+    return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+def image_allowed(image: str, prefixes: Sequence[str]) -> bool:
+    """``image`` starts with one of ``prefixes`` at a boundary of its name: the prefix ends in '/', ':' or
+    '@', or the image continues there with one of those, so ``reg.io/team`` admits ``reg.io/team/x:1`` and
+    ``reg.io/team:1`` but not ``reg.io/team-evil/x``. An empty list admits every image."""
+    if not prefixes:
+        return True
+    for p in prefixes:
+        if image == p:
+            return True
+        if image.startswith(p) and (p[-1] in "/:@" or image[len(p)] in "/:@"):
+            return True
+    return False
+
+
+def image_problems(spec: AgentWorkflowSpec, prefixes: Sequence[str]) -> list[str]:
+    """Every image of the workflow the allow-list does not admit, with the list."""
+    images = [(f"spec.steps[{s.name}].image", s.image) for s in spec.steps]
+    images += [(f"spec.models[{m.name}].image", m.image) for m in spec.models]
+    if spec.gateway.enabled:
+        images.append(("spec.gateway.image", spec.gateway.image))
+    allowed = ", ".join(prefixes)
+    return [
+        f"{where}: image {image!r} is not allowed by the operator's image policy; use an image starting "
+        f"with one of: {allowed} ({ALLOWED_IMAGE_PREFIXES_ENV}, set by the cluster's administrator)"
+        for where, image in images
+        if not image_allowed(image, prefixes)
+    ]
 
 
 def find_cycle(edges: Mapping[str, list[str]]) -> list[str] | None:

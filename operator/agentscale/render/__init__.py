@@ -7,8 +7,8 @@ import json
 from typing import Any
 
 from agentscale.api.models import API_VERSION, KIND, AgentWorkflow
+from agentscale.render import identity, scaling, triton, workers
 from agentscale.render import labels as L
-from agentscale.render import scaling, triton, workers
 from agentscale.render.pods import gpu_resource
 
 __all__ = ["ChildKey", "child_key", "render_workflow", "spec_hash", "workflow_gpus"]
@@ -45,8 +45,13 @@ def _owned(obj: dict[str, Any], wf: AgentWorkflow, uid: str | None) -> dict[str,
 
 
 def render_workflow(wf: AgentWorkflow, uid: str | None = None) -> list[dict[str, Any]]:
-    """Every child object of the workflow, in apply order (config before the servers that mount it)."""
+    """Every child object of the workflow, in apply order (identity and network policy before any pod, config
+    before the servers that mount it)."""
     out: list[dict[str, Any]] = []
+    account = identity.service_account(wf)
+    if account is not None:
+        out.append(account)
+    out.extend(identity.network_policies(wf))
     for model in wf.spec.models:
         out.append(triton.config_map(wf, model))
         out.append(triton.service(wf, model))

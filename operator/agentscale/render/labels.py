@@ -16,6 +16,13 @@ FIELD_MANAGER = "agentscale"
 STEP = "step"
 MODEL = "model"
 GATEWAY = "gateway"
+WORKFLOW = "workflow"  # objects of the whole workflow: its ServiceAccount and NetworkPolicy
+
+# Every name the renderer appends to the workflow's own (besides step and model names): the longest sets how
+# long a workflow name may be, since <workflow>-<part> must stay a DNS-1035 label (at most 63 characters).
+FIXED_PARTS = (GATEWAY, WORKFLOW)
+MAX_CHILD_NAME = 63
+MAX_WORKFLOW_NAME = MAX_CHILD_NAME - 1 - max(len(p) for p in FIXED_PARTS)
 
 
 def child_name(wf: AgentWorkflow, part: str) -> str:
@@ -34,7 +41,12 @@ def selector_labels(wf: AgentWorkflow, component: str, part: str | None = None) 
 
 def labels(wf: AgentWorkflow, component: str, part: str | None = None) -> dict[str, str]:
     """Recommended app.kubernetes.io labels plus the selector labels."""
-    name = {STEP: "agentscale-worker", MODEL: "triton", GATEWAY: "agentscale-gateway"}[component]
+    name = {
+        STEP: "agentscale-worker",
+        MODEL: "triton",
+        GATEWAY: "agentscale-gateway",
+        WORKFLOW: "agentscale-workflow",
+    }[component]
     out = {
         "app.kubernetes.io/name": name,
         "app.kubernetes.io/instance": child_name(wf, part or component),

@@ -1,10 +1,12 @@
-"""Pod-level building blocks: GPU placement, the restricted security profile, resources."""
+"""Pod-level building blocks: GPU placement, identity, the restricted security profile, resources, probes
+and scratch volumes."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from agentscale.api.models import GPU, GPUSharing, Resources
+from agentscale.api.models import GPU, AgentWorkflow, GPUSharing, Resources, parse_quantity
+from agentscale.render import labels as L
 
 GPU_RESOURCE = "nvidia.com/gpu"
 SHARED_GPU_RESOURCE = "nvidia.com/gpu.shared"
@@ -22,16 +24,46 @@ def gpu_resource(gpu: GPU) -> tuple[str, int]:
     return GPU_RESOURCE, count
 
 
-def resources(res: Resources, gpu: GPU | None, default_requests: dict[str, str]) -> dict[str, Any]:
+def service_account_name(wf: AgentWorkflow) -> str:
+    """The ServiceAccount every pod of the workflow runs as (``render/identity.py`` renders our own)."""
+    return wf.spec.serviceAccount.name or L.child_name(wf, L.WORKFLOW)
+
+
+def identity(wf: AgentWorkflow) -> dict[str, Any]:
+    """The pod spec fields naming the ServiceAccount and whether its API token is mounted (off unless the
+    spec asks: the workflow's pods do not call the Kubernetes API)."""
+    return {
+        "serviceAccountName": service_account_name(wf),
+        "automountServiceAccountToken": wf.spec.serviceAccount.automountToken,
+    }
+
+
+def resources(
+    res: Resources, gpu: GPU | None, default_requests: dict[str, str], default_memory_limit: str
+) -> dict[str, Any]:
+    """Requests and limits: the spec's over the defaults. The memory limit defaults to
+    ``default_memory_limit``, or to the memory request where that is larger (a limit below the request is
+    invalid). No CPU limit by default: throttling a latency-bound worker costs more than it protects."""
     requests: dict[str, Any] = {**default_requests, **res.requests}
     limits: dict[str, Any] = dict(res.limits)
+    if "memory" not in limits:
+        request = parse_quantity(requests.get("memory", 0)) or 0
+        default = parse_quantity(default_memory_limit) or 0
+        limits["memory"] = requests["memory"] if request > default else default_memory_limit
     if gpu is not None:
         name, count = gpu_resource(gpu)
         limits[name] = count
-    out: dict[str, Any] = {"requests": requests}
-    if limits:
-        out["limits"] = limits
-    return out
+    return {"requests": requests, "limits": limits}
+
+
+def probe(check: dict[str, Any], period: int, failures: int, timeout: int) -> dict[str, Any]:
+    """One probe with an explicit timeout (Kubernetes' default of 1 s fails a busy but healthy process)."""
+    return {**check, "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": timeout}
+
+
+def empty_dir(name: str, size_limit: str | int) -> dict[str, Any]:
+    """A scratch volume with a size limit: a pod that writes more is evicted, the node's disk is spared."""
+    return {"name": name, "emptyDir": {"sizeLimit": size_limit}}
 
 
 def placement(gpu: GPU | None, selector: dict[str, str]) -> dict[str, Any]:
@@ -54,11 +86,12 @@ def placement(gpu: GPU | None, selector: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+# uid/gid 10001, as the project's images (images/*.Dockerfile) run: above the range host accounts use.
 POD_SECURITY = {
     "runAsNonRoot": True,
-    "runAsUser": 1000,
-    "runAsGroup": 1000,
-    "fsGroup": 1000,
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "fsGroup": 10001,
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 

@@ -13,6 +13,9 @@ from agentscale.render import pods
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 MODEL_ROOT = "/models"
 TRITON_DEFAULT_REQUESTS = {"cpu": "1", "memory": "2Gi"}
+TRITON_DEFAULT_MEMORY_LIMIT = "16Gi"
+# The init container that copies the model: cp needs little memory (page cache is reclaimable).
+STAGE_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}}
 
 # Backends Triton names by platform rather than backend.
 _PLATFORM = {Backend.tensorrt: "tensorrt_plan", Backend.tensorflow: "tensorflow_savedmodel"}
@@ -95,8 +98,8 @@ def deployment(wf: AgentWorkflow, model: ModelServer) -> dict[str, Any]:
         {"name": "config", "mountPath": "/config", "readOnly": True},
     ]
     volumes: list[dict[str, Any]] = [
-        {"name": "models", "emptyDir": {}},
-        {"name": "tmp", "emptyDir": {}},
+        pods.empty_dir("models", model.modelVolumeSizeLimit),
+        pods.empty_dir("tmp", model.tmpSizeLimit),
         {"name": "config", "configMap": {"name": config_map_name(wf, model)}},
     ]
     if source_volume is not None:
@@ -113,8 +116,10 @@ def deployment(wf: AgentWorkflow, model: ModelServer) -> dict[str, Any]:
         "env": [{"name": "SRC", "value": f"{src}/{model.name}"}, {"name": "DEST", "value": dest}],
         "volumeMounts": init_mounts,
         "securityContext": dict(pods.CONTAINER_SECURITY),
-        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+        "resources": {k: dict(v) for k, v in STAGE_RESOURCES.items()},
     }
+    ready = {"httpGet": {"path": "/v2/health/ready", "port": "http"}}
+    live = {"httpGet": {"path": "/v2/health/live", "port": "http"}}
     server = {
         "name": "triton",
         "image": model.image,
@@ -135,26 +140,17 @@ def deployment(wf: AgentWorkflow, model: ModelServer) -> dict[str, Any]:
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
-        "resources": pods.resources(model.resources, model.gpu, TRITON_DEFAULT_REQUESTS),
+        "resources": pods.resources(
+            model.resources, model.gpu, TRITON_DEFAULT_REQUESTS, TRITON_DEFAULT_MEMORY_LIMIT
+        ),
         "securityContext": dict(pods.CONTAINER_SECURITY),
         "volumeMounts": mounts,
-        "startupProbe": {
-            "httpGet": {"path": "/v2/health/ready", "port": "http"},
-            "periodSeconds": 5,
-            "failureThreshold": 120,
-        },
-        "readinessProbe": {
-            "httpGet": {"path": "/v2/health/ready", "port": "http"},
-            "periodSeconds": 5,
-            "failureThreshold": 3,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": "/v2/health/live", "port": "http"},
-            "periodSeconds": 10,
-            "failureThreshold": 6,
-        },
+        "startupProbe": pods.probe(ready, 5, 120, model.probeTimeoutSeconds),
+        "readinessProbe": pods.probe(ready, 5, 3, model.probeTimeoutSeconds),
+        "livenessProbe": pods.probe(live, 10, 6, model.probeTimeoutSeconds),
     }
     pod_spec: dict[str, Any] = {
+        **pods.identity(wf),
         "securityContext": dict(pods.POD_SECURITY),
         "terminationGracePeriodSeconds": 30,
         "enableServiceLinks": False,

@@ -12,6 +12,7 @@ from agentscale.render import pods
 METRICS_PORT = 9090
 GATEWAY_PORT = 8080
 WORKER_DEFAULT_REQUESTS = {"cpu": "100m", "memory": "128Mi"}
+WORKER_DEFAULT_MEMORY_LIMIT = "1Gi"
 
 
 def graph_json(wf: AgentWorkflow) -> str:
@@ -67,19 +68,11 @@ def step_env(wf: AgentWorkflow, step: Step) -> list[dict[str, Any]]:
     return env
 
 
-def _probes(ready_port: str, ready_path: str) -> dict[str, Any]:
+def _probes(ready_port: str, ready_path: str, timeout: int) -> dict[str, Any]:
     """Readiness where the process says it can serve; liveness on the metrics server (event loop alive)."""
     return {
-        "readinessProbe": {
-            "httpGet": {"path": ready_path, "port": ready_port},
-            "periodSeconds": 5,
-            "failureThreshold": 3,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": "metrics"},
-            "periodSeconds": 10,
-            "failureThreshold": 6,
-        },
+        "readinessProbe": pods.probe({"httpGet": {"path": ready_path, "port": ready_port}}, 5, 3, timeout),
+        "livenessProbe": pods.probe({"httpGet": {"path": "/healthz", "port": "metrics"}}, 10, 6, timeout),
     }
 
 
@@ -91,14 +84,16 @@ def _pod_template(
     gpu: Any,
     grace: int,
     annotations: dict[str, str],
+    tmp_size_limit: str | int,
 ) -> dict[str, Any]:
     selector = L.selector_labels(wf, component, part)
     pod_spec: dict[str, Any] = {
+        **pods.identity(wf),
         "securityContext": dict(pods.POD_SECURITY),
         "terminationGracePeriodSeconds": grace,
         "enableServiceLinks": False,
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "volumes": [pods.empty_dir("tmp", tmp_size_limit)],
         **pods.placement(gpu, selector),
     }
     if wf.spec.priorityClassName:
@@ -149,10 +144,12 @@ def step_deployment(wf: AgentWorkflow, step: Step) -> dict[str, Any]:
         "imagePullPolicy": "IfNotPresent",
         "env": step_env(wf, step),
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
-        "resources": pods.resources(step.resources, step.gpu, WORKER_DEFAULT_REQUESTS),
+        "resources": pods.resources(
+            step.resources, step.gpu, WORKER_DEFAULT_REQUESTS, WORKER_DEFAULT_MEMORY_LIMIT
+        ),
         "securityContext": dict(pods.CONTAINER_SECURITY),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-        **_probes("metrics", "/healthz"),
+        **_probes("metrics", "/healthz", step.probeTimeoutSeconds),
     }
     if step.command:
         container["command"] = list(step.command)
@@ -160,7 +157,9 @@ def step_deployment(wf: AgentWorkflow, step: Step) -> dict[str, Any]:
         container["command"] = ["agentscale-worker", "step"]
     if step.args:
         container["args"] = list(step.args)
-    template = _pod_template(wf, L.STEP, step.name, container, step.gpu, 60, step.podAnnotations)
+    template = _pod_template(
+        wf, L.STEP, step.name, container, step.gpu, 60, step.podAnnotations, step.tmpSizeLimit
+    )
     return _deployment(
         wf,
         L.child_name(wf, step.name),
@@ -185,12 +184,12 @@ def gateway_deployment(wf: AgentWorkflow) -> dict[str, Any]:
             {"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
-        "resources": pods.resources(gw.resources, None, WORKER_DEFAULT_REQUESTS),
+        "resources": pods.resources(gw.resources, None, WORKER_DEFAULT_REQUESTS, WORKER_DEFAULT_MEMORY_LIMIT),
         "securityContext": dict(pods.CONTAINER_SECURITY),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-        **_probes("http", "/readyz"),
+        **_probes("http", "/readyz", gw.probeTimeoutSeconds),
     }
-    template = _pod_template(wf, L.GATEWAY, None, container, None, 30, gw.podAnnotations)
+    template = _pod_template(wf, L.GATEWAY, None, container, None, 30, gw.podAnnotations, gw.tmpSizeLimit)
     return _deployment(wf, L.child_name(wf, "gateway"), L.GATEWAY, None, gw.replicas, template, None)
 
 
