@@ -17,6 +17,7 @@ from agentscale.api.models import KIND, AgentWorkflow
 from agentscale.api.validation import parse_spec
 from agentscale.render import labels as L
 from agentscale.render import render_workflow
+from agentscale.resource_controller.leader import new_identity, operator_namespace
 from chart_support import CHART, KUBE_VERSION, RELEASE_NS, Helm, resolve_helm
 from operator_support import EXAMPLES
 
@@ -36,6 +37,15 @@ def _values_args(path: Path | None) -> list[str]:
 
 def _pod_specs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Deployment"}
+
+
+def _operator(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (dep,) = [
+        d
+        for d in docs
+        if d["kind"] == "Deployment" and d["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
+    ]
+    return dep
 
 
 def _one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -64,6 +74,7 @@ def test_rendered_objects_are_valid_kubernetes_1_34(helm: Helm, values: Path | N
         "Role",
         "RoleBinding",
     } <= kinds_seen
+    assert ("PodDisruptionBudget" in kinds_seen) == (_operator(docs)["spec"]["replicas"] > 1)
     assert "Secret" not in kinds_seen
     for doc in docs:
         if doc["kind"] in NOT_IN_K8S_SCHEMAS:
@@ -102,9 +113,7 @@ def test_pods_meet_the_restricted_pod_security_standard(helm: Helm, values: Path
 
 def test_operator_deployment_runs_standalone_with_health_probes(helm: Helm) -> None:
     docs = helm.template()
-    dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "agentscale")
-    assert dep["spec"]["replicas"] == 1
-    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    dep = _operator(docs)
     spec = dep["spec"]["template"]["spec"]
     (c,) = spec["containers"]
     assert c["command"] == ["agentscale"]
@@ -159,9 +168,66 @@ def test_service_monitor_selects_the_workflow_services(helm: Helm) -> None:
     assert selector["matchExpressions"] == [{"key": L.WORKFLOW_LABEL, "operator": "Exists"}]
 
 
+def test_two_replicas_one_leading_roll_without_losing_a_standby(helm: Helm) -> None:
+    """Two replicas by default, spread across nodes; a rollout starts a pod before stopping one; the Lease's
+    identity is the pod's name (downward API) and the Lease lives in the release namespace."""
+    dep = _operator(helm.template())
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    spec = dep["spec"]["template"]["spec"]
+    selector = dep["spec"]["selector"]["matchLabels"]
+    (term,) = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"] == {
+        "topologyKey": "kubernetes.io/hostname",
+        "labelSelector": {"matchLabels": selector},
+    }
+    (c,) = spec["containers"]
+    fields = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"] if "valueFrom" in e}
+    assert fields == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    # What the operator makes of them, as the kubelet would fill them in:
+    pod_env = {"POD_NAME": "agentscale-7d9f-x2x", "POD_NAMESPACE": RELEASE_NS, "HOSTNAME": "other"}
+    assert new_identity(pod_env).startswith("agentscale-7d9f-x2x_")
+    assert operator_namespace(pod_env) == _one(helm.template(), "Role")["metadata"]["namespace"]
+
+
+def test_pod_disruption_budget_keeps_one_replica_through_a_drain(helm: Helm) -> None:
+    docs = helm.template("--set", "replicaCount=3")
+    pdb = _one(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert pdb["spec"]["selector"]["matchLabels"] == _operator(docs)["spec"]["selector"]["matchLabels"]
+    assert pdb["metadata"]["namespace"] == RELEASE_NS
+    for off in (["replicaCount=1"], ["replicaCount=0"], ["podDisruptionBudget.enabled=false"]):
+        docs = helm.template("--set", *off)
+        assert not [d for d in docs if d["kind"] == "PodDisruptionBudget"], off
+
+
+def test_required_anti_affinity_rolls_without_a_surge_pod(helm: Helm) -> None:
+    dep = _operator(helm.template("--set", "podAntiAffinity=required"))
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    spec = dep["spec"]["template"]["spec"]
+    (term,) = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["labelSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert (
+        "affinity"
+        not in _operator(helm.template("--set", "podAntiAffinity=none"))["spec"]["template"]["spec"]
+    )
+
+
 @pytest.mark.parametrize(
     "bad",
-    ["replicaCount=2", "replicasCount=1", "operator.helthPort=8080", "securityContext.privileged=true"],
+    [
+        "replicaCount=-1",
+        "podAntiAffinity=sometimes",
+        "podDisruptionBudget.minAvailable=2",
+        "replicasCount=1",
+        "operator.helthPort=8080",
+        "securityContext.privileged=true",
+    ],
 )
 def test_schema_rejects_bad_values_in_helm(helm: Helm, bad: str) -> None:
     proc = helm.run("template", "agentscale", str(CHART), *KUBE_VERSION, "--set", bad)

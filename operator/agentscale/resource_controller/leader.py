@@ -4,7 +4,7 @@ Why our own: kopf peering is not leader election (replicas of equal priority all
 at startup is not paused at all), and both of the operator's controllers run as such tasks. One elector
 (one Lease) leads the whole replica: the resource controller runs its cycles as ``lead()``, the workflow
 controller listens (:meth:`LeaderElector.add_listener`, client-go's OnStartedLeading/OnStoppedLeading) and
-gates its writes on :attr:`LeaderElector.is_leader` (``workflow_controller.py`` says why one Lease).
+gates its writes on :attr:`LeaderElector.is_leader` (``leadership.py`` says why one Lease).
 
 - The Lease's spec is the record: ``holderIdentity``, ``leaseDurationSeconds``, ``acquireTime``,
   ``renewTime``, ``leaseTransitions``.
