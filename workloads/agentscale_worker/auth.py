@@ -14,16 +14,22 @@ never authenticated; metrics are served on their own port."""
 
 from __future__ import annotations
 
+import contextvars
 import hmac
 import logging
 import os
 from pathlib import Path
+
+from aiohttp import web
 
 log = logging.getLogger(__name__)
 
 MIN_TOKEN_CHARS = 16
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
 CHALLENGE = 'Bearer realm="agentscale"'
+# who sent the request being handled: token:<file name>, or addr:<peer address> when the gateway runs open
+# (set by the gateway's middleware, read by admission for the fair share)
+CLIENT: contextvars.ContextVar[str] = contextvars.ContextVar("gateway_client", default="?")
 
 
 class TokenStore:
@@ -91,3 +97,21 @@ def token_store(directory: str) -> TokenStore | None:
     store = TokenStore(directory)
     store.reload()
     return store
+
+
+def authenticate(store: TokenStore | None, request: web.Request) -> str | None:
+    """The client's name for admission (``token:<file>``, or ``addr:<peer>`` when open), None if refused."""
+    if store is None:
+        return f"addr:{request.remote or '?'}"
+    name = store.client_of(request.headers.get("Authorization"))
+    return None if name is None else f"token:{name}"
+
+
+def unauthorized(request: web.Request) -> web.Response:
+    """401 with the challenge (RFC 6750: ``error="invalid_token"`` when a credential was presented)."""
+    challenge = CHALLENGE + (', error="invalid_token"' if "Authorization" in request.headers else "")
+    return web.json_response(
+        {"error": "a valid 'Authorization: Bearer <token>' header is required"},
+        status=401,
+        headers={"WWW-Authenticate": challenge},
+    )

@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import json
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
@@ -38,29 +36,18 @@ from redis.exceptions import ResponseError
 from . import metrics, queue_stats, streams
 from .admission import RateMeter, admit, admit_client, capacity, fair_share, priority_share
 from .aio import stop_tasks
-from .auth import CHALLENGE, OPEN_PATHS, TokenStore, token_store
+from .auth import CLIENT, OPEN_PATHS, TokenStore, authenticate, token_store, unauthorized
+from .bodies import BodyReader
 from .clients import ClientBook
 from .config import Settings
 from .lanes import LANES, lane_of
 from .openapi import openapi
-from .run_request import (
-    RUN_ID_RULE,
-    BadRequest,
-    RunRequest,
-    Validator,
-    check_content_type,
-    parse_request,
-    valid_run_id,
-)
+from .run_request import RUN_ID_RULE, BadRequest, RunRequest, Validator, valid_run_id
 from .streams import REDIS_ERRORS, ensure_group, pool_exhausted, redis_client
 
 log = logging.getLogger(__name__)
-INLINE_PARSE_BYTES = 64 * 1024  # smaller bodies without a validator are parsed on the loop (cheap)
 TOKEN_RELOAD_S = 5.0
 HOUSEKEEPING_S = 10.0
-# who sent the request being handled (set by the auth middleware, read by admission): token:<file name> or
-# addr:<peer address> when the gateway runs open
-_CLIENT: contextvars.ContextVar[str] = contextvars.ContextVar("gateway_client", default="?")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -83,10 +70,7 @@ class Gateway:
         self._waiters: dict[str, asyncio.Future[str]] = {}
         self._meter = RateMeter(window_s=2.0)
         self._backlog = 0
-        self._body_bytes = 0  # reserved by requests whose bodies are being read or parsed
-        self._body_budget = max(settings.body_budget_bytes, settings.max_body_bytes)
-        self._parse_slots = asyncio.Semaphore(settings.parse_concurrency)
-        self._parser = ThreadPoolExecutor(settings.parse_concurrency, thread_name_prefix="parse")
+        self.bodies = BodyReader(settings, validator)
         self._bg: list[asyncio.Task[None]] = []
         self._closing = False
         self._runners: list[web.AppRunner] = []
@@ -134,7 +118,7 @@ class Gateway:
         self._closing = True
         await stop_tasks(self._bg)
         await self.redis.aclose()
-        self._parser.shutdown(wait=False)
+        self.bodies.close()
 
     # ---- background ---------------------------------------------------------------------------------
 
@@ -181,22 +165,20 @@ class Gateway:
     async def _housekeeping_loop(self) -> None:
         """Rotate tokens, forget runs never reported, trim the results stream, report Redis memory."""
         s = self.settings
-        last_stats = 0.0
+        last_tokens = last_stats = time.monotonic()
         while not self._closing:
-            if self.tokens is not None:
+            await asyncio.sleep(0.25)  # short ticks: a cancellation redis-py swallowed still ends the loop
+            now = time.monotonic()
+            if self.tokens is not None and now - last_tokens >= TOKEN_RELOAD_S:
+                last_tokens = now
                 with contextlib.suppress(OSError):
                     await asyncio.to_thread(self.tokens.reload)
-            now = time.monotonic()
             if now - last_stats >= HOUSEKEEPING_S:
                 last_stats = now
                 self.clients.prune(now, s.result_ttl_s)
                 with contextlib.suppress(*REDIS_ERRORS, ResponseError):
-                    cut_ms = int(time.time() * 1000) - s.results_retention_s * 1000
-                    await self.redis.xtrim(
-                        streams.results(self.prefix), minid=f"{cut_ms}-0", approximate=True
-                    )
+                    await streams.trim_results(self.redis, self.prefix, s.results_retention_s)
                     await queue_stats.workflow_memory_once(self.redis, self.prefix, s.graph, self.wf_labels)
-            await asyncio.sleep(TOKEN_RELOAD_S)
 
     # ---- middleware and errors ------------------------------------------------------------------------
 
@@ -204,20 +186,11 @@ class Gateway:
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Authenticate (except the open paths) and turn anything unforeseen into a JSON 500 (logged)."""
         if request.path not in OPEN_PATHS:
-            if self.tokens is None:
-                _CLIENT.set(f"addr:{request.remote or '?'}")
-            else:
-                client = self.tokens.client_of(request.headers.get("Authorization"))
-                if client is None:
-                    given = "Authorization" in request.headers
-                    challenge = CHALLENGE + (', error="invalid_token"' if given else "")
-                    metrics.GATEWAY_REQUESTS.labels(*self.wf_labels, "auth", "401").inc()
-                    return web.json_response(
-                        {"error": "a valid 'Authorization: Bearer <token>' header is required"},
-                        status=401,
-                        headers={"WWW-Authenticate": challenge},
-                    )
-                _CLIENT.set(f"token:{client}")
+            client = authenticate(self.tokens, request)
+            if client is None:
+                metrics.GATEWAY_REQUESTS.labels(*self.wf_labels, "auth", "401").inc()
+                return unauthorized(request)
+            CLIENT.set(client)
         try:
             return await handler(request)
         except web.HTTPException:
@@ -240,51 +213,14 @@ class Gateway:
 
     # ---- accepting a run --------------------------------------------------------------------------------
 
-    async def _read_body(self, request: web.Request) -> bytes:
-        limit = self.settings.max_body_bytes
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > limit:
-                raise BadRequest(413, f"body is over {limit} bytes, the limit of this route")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    async def _parse(self, request: web.Request) -> RunRequest:
-        s = self.settings
-        check_content_type(request.headers.get("Content-Type", ""))
-        declared = request.content_length
-        if declared is not None and declared > s.max_body_bytes:
-            raise BadRequest(413, f"body is {declared} bytes; the limit of this route is {s.max_body_bytes}")
-        reserve = declared if declared is not None else s.max_body_bytes
-        if self._body_bytes + reserve > self._body_budget:
-            raise BadRequest(429, "busy: too many request bodies in flight")
-        self._body_bytes += reserve
-        try:
-            body = await self._read_body(request)
-
-            def parse() -> RunRequest:
-                max_timeout_ms = int(s.request_timeout_s * 1000 * 10)
-                return parse_request(
-                    body, self.validator, s.priority, max_timeout_ms, s.max_body_bytes, s.max_json_depth
-                )
-
-            async with self._parse_slots:
-                if len(body) <= INLINE_PARSE_BYTES and self.validator is None:
-                    return parse()
-                return await asyncio.get_running_loop().run_in_executor(self._parser, parse)
-        finally:
-            self._body_bytes -= reserve
-
     async def _accept(self, request: web.Request, route: str) -> tuple[RunRequest, str] | web.Response:
         """Parse and admit a run; on success the run id is booked for the client (release it if unused)."""
         try:
-            req = await self._parse(request)
+            req = await self.bodies.read(request)
         except BadRequest as e:
             return self._error(route, e.status, str(e), **({"retry_after": 1} if e.status == 429 else {}))
         g = self.settings.graph
-        client = _CLIENT.get()
+        client = CLIENT.get()
         rate = self._meter.rate(time.monotonic())
         share = priority_share(req.priority, self.settings.priority)
         decision = admit(self._backlog, rate, g.p95_latency_ms, share, self.min_backlog, g.target_rps)

@@ -128,7 +128,7 @@ async def start_metrics_server(
         return None
     app = web.Application()
     app.router.add_get("/metrics", metrics_handler)
-    app.router.add_get("/healthz", lambda _: _ok())
+    app.router.add_get("/healthz", _ok)
     if ready is not None:
         check = ready
 
@@ -142,5 +142,5 @@ async def start_metrics_server(
     return runner
 
 
-async def _ok() -> web.Response:
+async def _ok(_: web.Request) -> web.Response:
     return web.Response(text="ok")

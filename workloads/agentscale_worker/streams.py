@@ -20,6 +20,7 @@ otherwise. Delivery stays at least once: nothing unacknowledged is deleted.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -92,6 +93,13 @@ async def trim_acked(r: aioredis.Redis, stream: str, groups: list[dict[str, Any]
     if floor is None or floor == "0-1":
         return 0
     return int(await r.xtrim(stream, minid=floor, approximate=False))
+
+
+async def trim_results(r: aioredis.Redis, p: str, retention_s: int) -> int:
+    """Drop results-stream entries older than ``retention_s`` (gateways follow it live; run records keep
+    the outcome for the result TTL)."""
+    cut_ms = int(time.time() * 1000) - retention_s * 1000
+    return int(await r.xtrim(results(p), minid=f"{cut_ms}-0", approximate=True))
 
 
 def _id_key(stream_id: str) -> tuple[int, int]:
