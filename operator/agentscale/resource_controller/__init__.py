@@ -18,13 +18,16 @@ below are the ones that do, each kept to its job:
 
 - ``promql``: the metric and label names and one PromQL query per signal (no I/O). snapshot, config.
 - ``signals``: the sensors: reads every signal for every workflow with one batched query each (async
-  HTTP to Prometheus), fail static per signal; not yet called by the loop. promql, snapshot.
+  HTTP to Prometheus), fail static per signal; ``assess``: one workflow's ``MetricsUnavailable`` (pure).
+  promql, snapshot.
+- ``metrics``: the controller's own Prometheus metrics and their ``/metrics`` endpoint. snapshot.
 - ``leader``: leader election on a ``coordination.k8s.io`` Lease of its own (client-go's algorithm).
   ``kinds``, ``kube``.
-- ``actuator``: the hands: the scale subresource (own field manager), Events, ``lastScalingDecision``;
-  only parts whose replicas the controller owns. snapshot, ``api.models``, ``kube``.
-- ``loop``: the leader-only cycle over the cluster cache: snapshot, ``decide``, actuate. All of the above,
-  ``cache``.
+- ``actuator``: the hands: the scale subresource (own field manager), Events, ``lastScalingDecision``,
+  the ``MetricsUnavailable`` condition; only parts whose replicas the controller owns. snapshot,
+  ``api.models``, ``kube``, ``status``.
+- ``loop``: the leader-only cycle: one read, then per workflow in the cluster cache snapshot, ``decide``,
+  fail static, actuate, report ``MetricsUnavailable``. All of the above, ``cache``, ``status``.
 """
 
 from agentscale.resource_controller.config import PolicyConfig

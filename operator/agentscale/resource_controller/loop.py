@@ -207,7 +207,8 @@ class ResourceController:
         )
         if reading.available != self.available:
             if reading.available:
-                log.info("resource controller: Prometheus answers again (%s)", self.reader.url)
+                again = "again " if self.available is False else ""
+                log.info("resource controller: Prometheus answers %s(%s)", again, self.reader.url)
             else:
                 first = next(e for e in reading.errors.values() if not e.kind.answered)
                 log.warning("resource controller: Prometheus reads fail, holding replicas: %s", first)

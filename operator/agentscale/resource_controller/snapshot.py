@@ -240,7 +240,8 @@ class Decision:
     rule: Rule
     reason: str
     missing: tuple[str, ...] = ()
-    """Signals that were None this cycle (the loop reports them as MetricsUnavailable)."""
+    """Signals that were None this cycle (named in the reason; ``MetricsUnavailable`` is the loop's, per
+    workflow: Prometheus failed, or a part has no series at all)."""
 
     @property
     def direction(self) -> Direction:
