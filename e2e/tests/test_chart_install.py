@@ -92,6 +92,7 @@ def test_install_creates_the_chart_objects_and_the_crd(release: Release, kubectl
     ns = release.namespace
     assert _names(kubectl, "deployments", ns, sel) == ["agentscale", "agentscale-redis"]
     assert _names(kubectl, "services", ns, sel) == ["agentscale-redis"]
+    assert _names(kubectl, "poddisruptionbudgets", ns, sel) == ["agentscale"]  # two operator replicas
     assert _names(kubectl, "serviceaccounts", ns, sel) == [release.service_account]
     assert _names(kubectl, "roles", ns, sel) == [release.name]
     assert _names(kubectl, "rolebindings", ns, sel) == [release.name]
@@ -212,7 +213,7 @@ def test_documented_crd_upgrade_step_applies(release: Release, kubectl: Any) -> 
 def _operator_template_env(kubectl: Any, rel: Release) -> tuple[int, dict[str, str]]:
     dep = kubectl.json("-n", rel.namespace, "get", "deployment", rel.name)
     (c,) = dep["spec"]["template"]["spec"]["containers"]
-    return dep["metadata"]["generation"], {e["name"]: e["value"] for e in c["env"]}
+    return dep["metadata"]["generation"], {e["name"]: e["value"] for e in c["env"] if "value" in e}
 
 
 def _replicaset_debounces(kubectl: Any, rel: Release) -> set[str]:
@@ -250,7 +251,8 @@ def test_upgrade_rolls_the_operator_and_uninstall_leaves_only_the_crd(
 
         cluster_helm("uninstall", rel.name, "--namespace", ns, "--wait", timeout=180)
         sel = f"app.kubernetes.io/instance={rel.name}"
-        for kind in ("deployments", "replicasets", "services", "serviceaccounts", "roles", "rolebindings"):
+        rendered = ("deployments", "replicasets", "services", "poddisruptionbudgets", "serviceaccounts")
+        for kind in (*rendered, "roles", "rolebindings"):
             wait_for(lambda kind=kind: not _names(kubectl, kind, ns, sel), timeout=60, message=f"{kind} gone")
         wait_for(lambda: not _names(kubectl, "pods", ns, sel), timeout=90, message="pods gone")
         for kind in ("clusterroles", "clusterrolebindings"):
