@@ -46,6 +46,8 @@ class Scenario:
     max_replicas: int = 100
     target_lag_per_replica: int = 10
     """Controller queue mode: ``targetQueueLagPerReplica``."""
+    scale_down_stabilization_s: int = 120
+    """The step's ``scaleDownStabilizationSeconds`` (the API's default)."""
     keda_target: int = 1
     """The KEDA-style scaler's target messages per replica (``run`` picks it on the steady trace)."""
     target_cpu: float = 0.70
