@@ -115,3 +115,30 @@ def test_the_installed_crd_is_the_committed_one(kubectl: Any, crd: None) -> None
     root = live["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     assert any("DNS-1035" in r["message"] for r in root["x-kubernetes-validations"])
     assert CRDS.is_dir()
+
+
+GOOD_QUANTITIES = ["500m", "2", 2, 0, "1.5Gi", "512Mi", "1e3", ".5", "+1k", "100n"]
+BAD_QUANTITIES = ["banana", "-1", "1GB", "1 Gi", "1e", "1.2.3", "Gi", "1Ki1", "0x10", -2]
+
+
+def test_quantities_are_judged_by_the_api_server_as_by_the_operator(
+    kubectl: Any, crd: None, namespace: str
+) -> None:
+    """The CRD checks quantities with the API server's own parser (CEL isQuantity); the operator's
+    parse_quantity agrees on every value here, and a refusal reads as advice."""
+    from agentscale.api.models import parse_quantity
+
+    def server_accepts(value: Any) -> tuple[bool, str]:
+        doc = workflow("q", [{"name": "a", "resources": {"limits": {"memory": value}}}])
+        proc = kubectl.run("-n", namespace, "apply", "--dry-run=server", "-f", "-", input=json.dumps(doc))
+        return proc.returncode == 0, proc.stderr
+
+    for value in GOOD_QUANTITIES:
+        assert parse_quantity(value) is not None
+        ok, err = server_accepts(value)
+        assert ok, f"{value!r}: {err}"
+    for value in BAD_QUANTITIES:
+        assert parse_quantity(value) is None
+        ok, err = server_accepts(value)
+        assert not ok, f"{value!r} was accepted"
+        assert "must be a non-negative Kubernetes quantity" in err and "should match" not in err, err

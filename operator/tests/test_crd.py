@@ -73,7 +73,7 @@ def test_committed_api_reference_matches_schema() -> None:
 
 def test_quantities_are_checked_by_the_api_server() -> None:
     """Every requests/limits map of the CRD checks its values as quantities and bounds its size."""
-    from agentscale.api.models import MAX_RESOURCES, QUANTITY
+    from agentscale.api.models import MAX_RESOURCES, QUANTITY_ADVICE, QUANTITY_RULE
 
     root = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     found: list[str] = []
@@ -84,7 +84,10 @@ def test_quantities_are_checked_by_the_api_server() -> None:
             for key in ("requests", "limits"):
                 values = props[key]["additionalProperties"]
                 assert values["x-kubernetes-int-or-string"] is True
-                assert (values["pattern"], values["minimum"], values["maxLength"]) == (QUANTITY, 0, 64)
+                assert values["maxLength"] == 64 and "pattern" not in values  # refused with advice
+                assert values["x-kubernetes-validations"] == [
+                    {"rule": QUANTITY_RULE, "message": QUANTITY_ADVICE}
+                ]
                 assert props[key]["maxProperties"] == MAX_RESOURCES
                 found.append(f"{path}.{key}")
         for name, prop in props.items():

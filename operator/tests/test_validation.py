@@ -131,11 +131,11 @@ def test_quantities_kubernetes_accepts_are_accepted(text: str | int, value: Deci
     spec = parse_spec(minimal_spec(steps=[{"name": "a", "resources": {"requests": {"cpu": text}}}]))
     assert spec.steps[0].resources.requests["cpu"] == text  # kept as written: the renderer passes it on
     if isinstance(text, str):
-        assert re.match(QUANTITY, text), "the CRD pattern must accept it too"
+        assert re.match(QUANTITY, text), "parse_quantity reads quantities with this pattern"
 
 
 @pytest.mark.parametrize("text", BAD_QUANTITIES)
-def test_bad_quantities_are_refused_by_the_model_and_the_crd_pattern(text: str) -> None:
+def test_bad_quantities_are_refused_by_the_model_and_its_pattern(text: str) -> None:
     assert parse_quantity(text) is None
     assert len(text) > 64 or not re.match(QUANTITY, text)
     assert any(

@@ -25,6 +25,7 @@ _INT_OR_STRING_KEYS = (
     "pattern",
     "maxLength",
     "minimum",
+    "x-kubernetes-validations",
 )
 
 
@@ -65,8 +66,8 @@ def _structural(schema: Any) -> Any:
                 s.pop("default")
             return _structural(s)
     if s.get("x-kubernetes-int-or-string"):
-        # The API server applies pattern and maxLength to the string form only, minimum to the integer form
-        # (controller-gen writes resource.Quantity with the same pattern).
+        # The API server applies pattern and maxLength to the string form only, minimum to the integer form;
+        # CEL rules see either (the quantity rule checks both forms).
         return {k: v for k, v in s.items() if k in _INT_OR_STRING_KEYS}
     if s.get("x-kubernetes-preserve-unknown-fields"):
         s.pop("additionalProperties", None)

@@ -43,6 +43,15 @@ REDIS_URL_CREDENTIALS = r"^rediss?://[^/]*@|[?&]password="
 # ".5". (Negative quantities parse too, but no request or limit may be negative.)
 QUANTITY = r"^\+?([0-9]+(?:\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
 QUANTITY_MAX_LENGTH = 64
+# isQuantity alone takes a bare suffix ("Gi" reads as 0); a number must come first, as parse_quantity wants.
+QUANTITY_RULE = (
+    "type(self) == int ? self >= 0 : self.matches('^[+]?[.0-9]') && isQuantity(self) && "
+    "!quantity(self).isLessThan(quantity('0'))"
+)
+QUANTITY_ADVICE = (
+    "must be a non-negative Kubernetes quantity, e.g. 500m, 2 or 1.5Gi (binary suffixes Ki, Mi, Gi, Ti; "
+    "decimal k, M, G, T; not GB)"
+)
 # A resource name: cpu, memory, ephemeral-storage, hugepages-2Mi, or a qualified extended resource such as
 # nvidia.com/gpu (an optional DNS-subdomain prefix and a name part).
 RESOURCE_NAME = (
@@ -115,9 +124,10 @@ Quantity = Annotated[
     Field(
         json_schema_extra={
             "x-kubernetes-int-or-string": True,
-            "pattern": QUANTITY,
             "maxLength": QUANTITY_MAX_LENGTH,
-            "minimum": 0,
+            # The API server's own quantity parser (CEL, Kubernetes 1.29+) rather than a pattern, so a bad
+            # value is refused with advice instead of a regular expression.
+            "x-kubernetes-validations": [cel(QUANTITY_RULE, QUANTITY_ADVICE)],
         }
     ),
 ]
