@@ -101,6 +101,19 @@ def verdicts(res: dict[str, Any]) -> list[str]:
     return rows
 
 
+def summary(res: dict[str, Any]) -> str:
+    met: list[str] = []
+    missed: list[str] = []
+    for trace, tr in res["traces"].items():
+        for mode in CONTROLLERS:
+            m = tr["policies"][mode]["meets"]
+            (met if all(m.values()) else missed).append(f"{trace} ({mode.removeprefix('controller-')})")
+    return (
+        f"All three targets met on {len(met)} of {len(met) + len(missed)} trace and mode pairs: "
+        f"{', '.join(met) or 'none'}. Not met: {', '.join(missed) or 'none'}."
+    )
+
+
 def table(res: dict[str, Any]) -> list[str]:
     rows = [
         "| trace | policy | attainment | replica-s | vs KEDA-style | vs oracle | scale events | p95 ms | peak replicas |",
@@ -205,12 +218,14 @@ def section(res: dict[str, Any], w: dict[str, Any] | None, image: str) -> str:
         "",
         "### Against issue 9's targets",
         "",
+        summary(res),
+        "",
         *verdicts(res),
         "",
         "### Every policy, every trace",
         "",
         "Attainment: share of all offered messages answered within the target. Replica-seconds: pods x seconds,",
-        "starting pods included. Ratios against the KEDA-style scaler and the oracle of the same run. p95 over all",
+        f"starting pods included (GPU-seconds for a step with one GPU per pod); start-up {sc['startup_s']:g} s (assumed) for every policy. Ratios against the KEDA-style scaler and the oracle of the same run. p95 over all",
         "messages of the trace.",
         "",
         *table(res),

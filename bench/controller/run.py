@@ -126,6 +126,7 @@ def summarize(run: Run, scenario: Scenario) -> dict[str, Any]:
         "mean_replicas": round(float(run.billed.mean()), 2),
         "peak_replicas": int(run.billed.max()),
         "scale_events": run.scale_events,
+        "startup_s": scenario.startup_s,
     }
 
 
@@ -189,6 +190,18 @@ def run_trace(
     return out
 
 
+def dumps(value: Any, indent: int = 0) -> str:
+    """JSON with one key per line, but each list of numbers on one line (the per-second series)."""
+    pad = " " * (indent + 1)
+    if isinstance(value, dict) and value:
+        items = [f"{pad}{json.dumps(k)}: {dumps(v, indent + 1)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
+    if isinstance(value, list) and any(isinstance(v, dict | list) for v in value):
+        items = [f"{pad}{dumps(v, indent + 1)}" for v in value]
+        return "[\n" + ",\n".join(items) + "\n" + " " * indent + "]"
+    return json.dumps(value)
+
+
 def line(trace: str, name: str, row: dict[str, Any]) -> str:
     return (
         f"{trace:12s} {name:17s} attain {row['attainment'] * 100:7.3f}%"
@@ -212,11 +225,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-report", action="store_true", help="do not rewrite docs/benchmarks.md and the plots"
     )
     args = ap.parse_args(argv)
-    model = service.measured()
-    scenario = Scenario(slo_s=args.slo_ms / 1000, startup_s=args.startup)
-    keda_target, calibration = calibrate_keda(model, scenario, args.seed)
-    scenario = dataclasses.replace(scenario, keda_target=keda_target)
-    print(f"KEDA-style scaler: target {keda_target} message(s) per replica (steady trace: {calibration})")
     if args.trace is not None:
         try:
             chosen = [traces.load_csv(args.trace)]
@@ -231,6 +239,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"--traces: {e}", file=sys.stderr)
             return 2
         out_path = args.out or RESULTS / "controller.json"
+    model = service.measured()
+    try:
+        scenario = Scenario(slo_s=args.slo_ms / 1000, startup_s=args.startup)
+    except ValueError as e:
+        print(f"--slo-ms / --startup: {e}", file=sys.stderr)
+        return 2
+    keda_target, calibration = calibrate_keda(model, scenario, args.seed)
+    scenario = dataclasses.replace(scenario, keda_target=keda_target)
+    print(f"KEDA-style scaler: target {keda_target} message(s) per replica (steady trace: {calibration})")
     result: dict[str, Any] = {
         "machine": machine(),
         "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
@@ -267,9 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, p in row["policies"].items():
             print(line(trace.name, name, p), flush=True)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=1) + "\n")
+    out_path.write_text(dumps(result) + "\n")
     print(f"wrote {out_path}")
-    if args.trace is None and not args.no_report and args.out is None:
+    if args.trace is None and not args.no_report and args.out is None and PLOTTED in result["traces"]:
         from bench.controller import report
 
         report.main([])

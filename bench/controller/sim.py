@@ -59,8 +59,17 @@ class Scenario:
     def __post_init__(self) -> None:
         if not 1 <= self.min_replicas <= self.max_replicas:
             raise ValueError("scenario: need 1 <= min_replicas <= max_replicas")
-        if self.slo_s <= 0 or self.startup_s < 0 or self.scrape_s < 1:
-            raise ValueError("scenario: slo_s > 0, startup_s >= 0 and scrape_s >= 1 please")
+        bad = [
+            f"{name} = {value} (must be {rule})"
+            for name, value, ok, rule in (
+                ("slo_s", self.slo_s, self.slo_s > 0, "> 0"),
+                ("startup_s", self.startup_s, self.startup_s >= 0, ">= 0"),
+                ("scrape_s", self.scrape_s, self.scrape_s >= 1, ">= 1"),
+            )
+            if not ok
+        ]
+        if bad:
+            raise ValueError(f"scenario: {'; '.join(bad)}")
 
 
 @dataclass

@@ -13,7 +13,6 @@ and the oracle at the same start-up delay.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -21,13 +20,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from agentscale.api.models import ScalingMode
-from agentscale.resource_controller import queueing
+from agentscale.resource_controller import PolicyConfig, queueing
 
 from bench.controller import oracle, policies, service, traces
-from bench.controller.run import RESULTS, calibrate_keda, initial_replicas, machine, summarize
+from bench.controller.run import RESULTS, calibrate_keda, dumps, initial_replicas, machine, summarize
 from bench.controller.sim import PlannedFleet, PolicyFleet, Scenario, simulate
 
-TRACES = ("step", "flash-crowd", "bursty")
+TRACES = ("diurnal", "step", "flash-crowd", "bursty")
 
 
 @contextmanager
@@ -36,7 +35,7 @@ def drain_floor(seconds: float) -> Iterator[None]:
     original = queueing.drain_rate
 
     def floored(backlog: float, within_s: float) -> float:
-        return original(backlog, max(within_s, seconds))
+        return float(original(backlog, max(within_s, seconds)))
 
     setattr(queueing, "drain_rate", floored)  # noqa: B010 (rules.py reads Q.drain_rate at call time)
     try:
@@ -53,6 +52,7 @@ class Variant:
     stabilization_s: int | None = None
     drain_floor_s: float | None = None
     cold_start: bool = False
+    utilization: float | None = None
 
 
 VARIANTS = (
@@ -60,6 +60,8 @@ VARIANTS = (
     Variant("start-up 5 s instead of the assumed 30 s", startup_s=5.0),
     Variant("cycle 5 s (AGENTSCALE_RC_CYCLE_SECONDS)", cycle_s=5),
     Variant("scaleDownStabilizationSeconds 30", stabilization_s=30),
+    Variant("target_utilization 0.85 (PolicyConfig)", utilization=0.85),
+    Variant("what-if: backlog drained over >= 10 s", drain_floor_s=10.0),
     Variant("what-if: backlog drained over >= 30 s", drain_floor_s=30.0),
     Variant("what-if: forecast one start-up ahead", cold_start=True),
     Variant(
@@ -86,7 +88,8 @@ def run_variant(
         sc = dataclasses.replace(sc, scale_down_stabilization_s=v.stabilization_s)
     out: dict[str, Any] = {}
     for mode in (ScalingMode.queue, ScalingMode.slo):
-        ctl = policies.Controller(mode, sc, cold_start_s=sc.startup_s if v.cold_start else 0.0)
+        config = PolicyConfig() if v.utilization is None else PolicyConfig(target_utilization=v.utilization)
+        ctl = policies.Controller(mode, sc, config=config, cold_start_s=sc.startup_s if v.cold_start else 0.0)
         if v.cycle_s is not None:
             ctl.period_s = v.cycle_s
         fleet = PolicyFleet(ctl, initial_replicas(trace, model, sc), sc)
@@ -157,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
         result["variants"][v.name] = rows
     path = RESULTS / "whatif.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    path.write_text(dumps(result) + "\n")
     print(f"wrote {path}")
     return 0
 
