@@ -39,7 +39,7 @@ from agentscale.resource_controller.promql import SCRAPE_RELABEL_CONFIGS
 from agentscale_harness.local import free_port
 from agentscale_harness.prometheus import PrometheusServer, prometheus_binary
 from conftest import OperatorProcess
-from operator_support import condition, get_wf, workflow
+from operator_support import condition, get_wf, wait_condition, workflow
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.cluster
@@ -177,6 +177,7 @@ def loop(
         prom.start()
         monkeypatch.setenv("AGENTSCALE_PROMETHEUS_URL", prom.url)
         monkeypatch.setenv("AGENTSCALE_RC_CYCLE_SECONDS", str(CYCLE_S))
+        monkeypatch.setenv("AGENTSCALE_RC_NO_SERIES_GRACE_SECONDS", str(2 * CYCLE_S))
         monkeypatch.setenv("AGENTSCALE_RC_LEASE_NAME", f"rc-signals-{uuid.uuid4().hex[:8]}")
         monkeypatch.setenv("AGENTSCALE_METRICS_PORT", str(port))
         op.start()
@@ -254,11 +255,22 @@ def test_lag_scales_up_prometheus_down_holds_and_says_so_then_decisions_resume(
     assert "not scaling down" in cond["message"]
     warning = wait_for(lambda: events(kubectl, ns, "MetricsUnavailable"), timeout=30, interval=1,
                        message="a Warning Event for MetricsUnavailable")  # fmt: skip
-    assert warning[0]["type"] == "Warning"
+    assert [(e["type"], "Unreachable" in e["message"]) for e in warning] == [("Warning", True)], warning
     wf = kubectl.json("-n", ns, "get", "agentworkflow", WORKFLOW, "--show-managed-fields")
     assert condition(wf, "Ready"), "the workflow controller's conditions are still there"
     owners = {m["manager"] for m in wf["metadata"]["managedFields"] if m.get("subresource") == "status"}
     assert RC_MANAGER in owners, owners
+    # A spec change (maxReplicas 6 -> 7) makes the workflow controller rewrite its conditions for the new
+    # generation; its merge patch replaces the list, so the resource controller writes its entry again:
+    # observedGeneration follows, the transition time stays, and no second Warning is posted.
+    since = cond["lastTransitionTime"]
+    wider = {**QUEUE, "maxReplicas": 7}
+    kubectl.apply(workflow(WORKFLOW, [{"name": STEP, "scaling": wider}]), namespace=ns)
+    cond = wait_for(lambda: metrics_unavailable(kubectl, ns, "True"), timeout=60, interval=1,
+                    message="MetricsUnavailable True for generation 2")  # fmt: skip
+    assert cond["observedGeneration"] == 2 and cond["lastTransitionTime"] == since, cond
+    wait_condition(kubectl, wait_for, ns, WORKFLOW, "Ready", "True")
+    assert len(events(kubectl, ns, "MetricsUnavailable")) == len(warning)
     exporter.set_lag(60)
     before = replicas(kubectl, ns)
     time.sleep(4 * CYCLE_S + 2)  # four of the controller's cycles, and a margin

@@ -36,7 +36,14 @@ from agentscale.resource_controller.signals import (
     assess,
 )
 from agentscale.resource_controller.snapshot import Bounds, Decision, Part, PartKind, Rule, WorkflowSnapshot
-from agentscale.status import METRICS_UNAVAILABLE, Observed, build_status, metrics_condition, status_patch
+from agentscale.status import (
+    METRICS_UNAVAILABLE,
+    DeploymentSummary,
+    Observed,
+    build_status,
+    metrics_condition,
+    status_patch,
+)
 from agentscale_harness.local import free_port
 from conftest import load_workflow, minimal_spec
 from test_resource_leader import NAME, NS, FakeClock
@@ -108,7 +115,7 @@ MODEL = part("m", 1, ScalingMode.slo, PartKind.model)
 ASSESS = [
     ("no controlled part", lag(a=1), (FIXED,), None, "", set(), ""),
     ("every controlled part has series", lag(a=1, b=0), (QUEUE_A, QUEUE_B, FIXED), False,
-     "MetricsAvailable", set(), "Every"),
+     "MetricsAvailable", set(), "Prometheus answered every query"),
     ("unreachable: every controlled part", UNREACHABLE, (QUEUE_A, FIXED, MODEL), True, "Unreachable",
      {"step/a", "model/m"}, "13 of 13 Prometheus queries failed: Unreachable: Prometheus at http://p:9090"),
     ("one query failed", reading({Signal.step_queue_lag: {ref("step/a"): 1.0}},
@@ -359,7 +366,19 @@ async def test_lag_scales_up_prometheus_gone_holds_and_reports_recovery_clears()
         METRICS_UNAVAILABLE,
     ], "the workflow controller's conditions are left as they were"
     assert metric("agentscale_rc_query_errors_total", signal="step_queue_lag", kind="Unreachable") == 12
-    assert metric("agentscale_rc_decisions_total", direction="hold", rule="FailStatic") >= 12
+
+    # The workflow controller's merge patch replaces the list without our entry: written again next cycle,
+    # as it was (same transition time), and without a second Warning for the same outage.
+    record = cache.indexes["agentworkflows_idx"][("ns", "wf")][0]
+    since = rc.reported[("ns", "wf")]["lastTransitionTime"] = "2026-01-01T00:00:00Z"  # long ago
+    record["status"] = {"conditions": [{"type": "Ready", "status": "True", "reason": "AllReplicasReady"}]}
+    events_before = len(api.events)
+    clock.t += 15
+    await rc.cycle()
+    cond = condition(cache)
+    assert (cond["status"], cond["lastTransitionTime"]) == ("True", since)
+    assert len(api.applied) == 3 and len(api.events) == events_before
+    assert metric("agentscale_rc_decisions_total", direction="hold", rule="FailStatic") >= 13
 
     # Prometheus is back with a low lag: the condition clears at once (a Normal Event), decisions resume.
     clock.t += 15
@@ -407,6 +426,36 @@ async def test_a_failed_query_holds_every_controlled_part_even_one_with_all_its_
         await rc.cycle()
         with_replicas(cache, api.scales[-1][2])
     assert api.scales[-1][2] < 8 and condition(cache)["status"] == "False"
+
+
+async def test_no_series_counts_once_the_replicas_have_been_ready_for_the_grace_period() -> None:
+    clock = FakeClock()
+    cache = cache_with({"a": 2, "h": 1}, spec=WF_SPEC)
+    cache.indexes["deployments_idx"][("ns", "wf")][0] = DeploymentSummary(
+        "wf-a", "step", "a", 2, 0, 2, True, False, "h"
+    )  # two replicas, none ready yet
+    api, readings = StatusApi(clock, cache), Readings()
+    settings = LoopSettings(lease=LeaseConfig(NS, NAME), no_series_grace_s=60)
+    rc = ResourceController(api, cache, settings, clock=clock, reader=readings)
+    rc.actuator.may_write = lambda: True
+    readings.next = lag(b=3)  # Prometheus answers, with nothing for step a
+    for _ in range(6):  # not ready: its silence is expected
+        await rc.cycle()
+        clock.t += 15
+    assert condition(cache)["status"] == "False"
+    with_replicas(cache, 2)  # now ready: the grace runs from the next cycle
+    seen = []
+    for _ in range(6):
+        await rc.cycle()
+        seen.append(condition(cache)["status"])
+        clock.t += 15
+    assert seen == ["False"] * 4 + ["True"] * 2  # ready at t, t+15 .. t+45 within 60 s; t+60 is not
+    cond = condition(cache)
+    assert cond["reason"] == "NoSeries" and 'step="a"' in cond["message"]
+    assert api.scales == []
+    readings.next = lag(a=0)
+    await rc.cycle()
+    assert condition(cache)["status"] == "False"
 
 
 async def test_without_a_url_nothing_is_read_and_no_condition_is_written() -> None:

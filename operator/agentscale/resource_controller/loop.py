@@ -8,7 +8,8 @@ the part whose ``namespace``, ``workflow`` and ``step``/``model`` labels it carr
 the :class:`Actuator` for what changed. A cycle that changes nothing writes nothing.
 
 Fail static (:func:`assess`, :func:`hold_down`): when Prometheus does not answer every query, or answers
-with no series for a queue- or slo-mode part that runs replicas, the affected parts keep their policy
+with no series for a queue- or slo-mode part whose replicas have been ready for a grace period
+(``no_series_grace_s``), the affected parts keep their policy
 state, never scale down (a move into the spec's [min, max] still happens), and the workflow's
 ``MetricsUnavailable`` condition turns True with the error; it turns False once reads recover, with nothing
 to restart. The condition is compared with the live status each cycle and written only when it differs.
@@ -23,7 +24,8 @@ policy then refuses to scale down for one stabilization window: safe).
 
 Settings come from the environment (``LoopSettings.from_env``; docs/tuning.md lists them):
 AGENTSCALE_RC_ENABLED (1), AGENTSCALE_RC_CYCLE_SECONDS (15), AGENTSCALE_PROMETHEUS_URL (unset),
-AGENTSCALE_METRICS_PORT (9090), and the lease's (``LeaseConfig.from_env``).
+AGENTSCALE_RC_NO_SERIES_GRACE_SECONDS (60), AGENTSCALE_METRICS_PORT (9090), and the lease's
+(``LeaseConfig.from_env``).
 """
 
 from __future__ import annotations
@@ -81,6 +83,9 @@ class LoopSettings:
     """Where signals are read; None: read nothing, only clamp into bounds."""
     metrics_port: int = M.DEFAULT_PORT
     """The controller's own /metrics; 0: not served."""
+    no_series_grace_s: float = 60.0
+    """A part's replicas must have been ready this long before its having no series counts as
+    MetricsUnavailable (new pods start, then are scraped one interval later)."""
     lease: LeaseConfig = field(default_factory=LeaseConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
@@ -95,6 +100,9 @@ class LoopSettings:
             cycle_s=float(env.get("AGENTSCALE_RC_CYCLE_SECONDS") or cls.cycle_s),
             prometheus_url=prometheus_url(env),
             metrics_port=M.port_from_env(env),
+            no_series_grace_s=float(
+                env.get("AGENTSCALE_RC_NO_SERIES_GRACE_SECONDS") or cls.no_series_grace_s
+            ),
             lease=LeaseConfig.from_env(env),
         )
 
@@ -181,6 +189,10 @@ class ResourceController:
         self.reader = reader or (PrometheusReader(url) if url else None)
         self.metrics = M.ControllerMetrics()
         self.state: dict[Key, dict[str, PartState]] = {}
+        self.reported: dict[Key, dict[str, Any]] = {}
+        self.ready_since: dict[Key, dict[str, float]] = {}
+        """Per workflow, part key -> since when (monotonic) its Deployment has had ready replicas."""
+        """The ``MetricsUnavailable`` condition this term last wrote, per workflow."""
         self.cycles = 0
         self.available: bool | None = None
         """Whether the last read had every answer (None before the first, or without a reader)."""
@@ -223,6 +235,8 @@ class ResourceController:
         keys = self.cache.workflow_keys()
         for gone in set(self.state) - set(keys):
             self.state.pop(gone, None)
+            self.reported.pop(gone, None)
+            self.ready_since.pop(gone, None)
         reading = await self.read()
         gate = asyncio.Semaphore(self.settings.concurrency)
 
@@ -249,6 +263,7 @@ class ResourceController:
         deployments = {(d.component, d.part): d for d in self.cache.deployments(key)}
         targets: dict[str, Target] = {}
         replicas: dict[str, int] = {}
+        ready: dict[str, int] = {}
         for kind, component, parts in (
             (PartKind.step, L.STEP, wf.spec.steps),
             (PartKind.model, L.MODEL, wf.spec.models),
@@ -257,6 +272,7 @@ class ResourceController:
                 d = deployments.get((component, p.name))
                 if d is not None:
                     replicas[f"{kind}/{p.name}"] = d.desired
+                    ready[f"{kind}/{p.name}"] = d.ready
                     targets[f"{kind}/{p.name}"] = Target(d.name, p.scaling)
         try:
             snap = snapshot_of(wf, replicas, now, signals_for(reading, wf))
@@ -264,7 +280,7 @@ class ResourceController:
             return None  # a cycle in next: Degraded, reported by the workflow controller
         before = self.state.get(key, {})
         outcome = decide(snap, before, self.settings.policy)
-        health = assess(reading, snap) if reading is not None else None
+        health = assess(reading, snap, self._reporting(key, ready, now)) if reading is not None else None
         decisions, held = hold_down(outcome.decisions, health)
         decisions = [d for d in decisions if d.target in targets]
         ref = WorkflowRef(key[0], key[1], str(record["uid"]))
@@ -285,24 +301,42 @@ class ResourceController:
             await self.report(ref, record, health)
         return applied
 
+    def _reporting(self, key: Key, ready: Mapping[str, int], now: float) -> set[str]:
+        """Parts whose replicas have been ready for the grace period: their series should be there."""
+        since = self.ready_since.setdefault(key, {})
+        for part_key in list(since):
+            if ready.get(part_key, 0) < 1:
+                del since[part_key]
+        for part_key, n in ready.items():
+            if n > 0:
+                since.setdefault(part_key, now)
+        return {k for k, t in since.items() if now - t >= self.settings.no_series_grace_s}
+
     async def report(self, ref: WorkflowRef, record: Mapping[str, Any], health: MetricsHealth) -> None:
-        """``MetricsUnavailable`` as ``health`` says, written when it differs from the live status."""
-        live = record.get("status") or {}
+        """``MetricsUnavailable`` as ``health`` says, written when it differs from the live status. Missing
+        from the live status (a workflow controller's merge patch replaced the list) it is written again
+        as this controller last wrote it: same lastTransitionTime, and no second Event for one change."""
+        key = (ref.namespace, ref.name)
+        live = live_condition(record.get("status"), METRICS_UNAVAILABLE)
+        was = live if live is not None else self.reported.get(key)
+        gen = int(record["generation"])
         cond = metrics_condition(
-            live, health.unavailable, health.reason, health.message, int(record["generation"])
+            {"conditions": [was] if was else []}, health.unavailable, health.reason, health.message, gen
         )
-        was = live_condition(live, METRICS_UNAVAILABLE)
-        if was is not None and all(
-            was.get(k) == getattr(cond, k) for k in ("status", "reason", "message", "observedGeneration")
+        if live is not None and all(
+            live.get(k) == getattr(cond, k) for k in ("status", "reason", "message", "observedGeneration")
         ):
             return
-        await self.actuator.set_condition(ref, cond, None if was is None else str(was.get("status")))
+        if await self.actuator.set_condition(ref, cond, None if was is None else str(was.get("status"))):
+            self.reported[key] = cond.model_dump(mode="json")
 
     # ------------------------------------------------------------------ leadership and lifetime
 
     async def _lead(self) -> None:
         """Cycles while leading; the elector cancels this when leadership ends."""
         self.state.clear()
+        self.reported.clear()
+        self.ready_since.clear()
         self.metrics.leader.set(1)
         try:
             while True:

@@ -20,7 +20,7 @@ import json
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cached_property
@@ -336,11 +336,14 @@ def _failure(errors: Mapping[Signal, SignalError], total: int) -> tuple[str, str
     return kind, f"{len(errors)} of {total} Prometheus queries failed: {text}"
 
 
-def assess(reading: Reading, snap: WorkflowSnapshot) -> MetricsHealth | None:
+def assess(
+    reading: Reading, snap: WorkflowSnapshot, reporting: Collection[str] | None = None
+) -> MetricsHealth | None:
     """The health of ``snap``'s workflow in ``reading``; None when it has no queue- or slo-mode part (the
     controller does not size it). Unavailable when Prometheus did not answer every query (each controlled
-    part is affected), or when a controlled part with replicas has no series at all (those parts are; a part
-    at zero runs no workers to report, so its silence is expected)."""
+    part is affected), or when a controlled part that should be reporting has no series at all (those parts
+    are). ``reporting``: the part keys that should (the loop's: ready replicas for a grace period); by
+    default every part with replicas. A part at zero runs no workers, so its silence is expected."""
     controlled = [p for p in snap.parts if p.controlled]
     if not controlled:
         return None
@@ -350,7 +353,8 @@ def assess(reading: Reading, snap: WorkflowSnapshot) -> MetricsHealth | None:
         why = f"{message}; holding replicas, not scaling down"
         return MetricsHealth(True, kind, why, frozenset(p.key for p in controlled))
     seen = reading.part_keys(snap.namespace, snap.name)
-    silent = [p for p in controlled if p.replicas > 0 and p.key not in seen]
+    should = (lambda p: p.replicas > 0) if reporting is None else (lambda p: p.key in reporting)
+    silent = [p for p in controlled if should(p) and p.key not in seen]
     if silent:
         names = ", ".join(p.key for p in silent)
         example = silent[0]
@@ -363,4 +367,8 @@ def assess(reading: Reading, snap: WorkflowSnapshot) -> MetricsHealth | None:
             "(docs/tuning.md, Signals)? Holding those replicas, not scaling down"
         )
         return MetricsHealth(True, ErrorKind.NoSeries, message, frozenset(p.key for p in silent))
-    return MetricsHealth(False, METRICS_OK, "Every queue- and slo-mode part has signals.")
+    return MetricsHealth(
+        False,
+        METRICS_OK,
+        "Prometheus answered every query, with series for each queue- and slo-mode part that should report.",
+    )
