@@ -21,4 +21,4 @@ golden:
 	UPDATE_GOLDEN=1 .venv/bin/python -m pytest operator/tests/test_render.py -q
 
 lint:
-	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy operator/agentscale workloads/agentscale_worker workloads/agentscale_harness
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy operator/agentscale workloads/agentscale_worker workloads/agentscale_harness images/build.py

@@ -1,17 +1,50 @@
-# Triton with the example model repository. The Python-backend stub uses the system Python, so numpy and the
-# worker distribution (agentscale_worker: triton_model.py and the networks in examples/nets.py) are installed
-# there, without their other dependencies; no AGENTSCALE_MODEL_SITE needed. No operator package.
-# The examples name modelRepository file:///opt/agentscale/models: the operator's init container copies a model
-# from there into the pod's /models (an emptyDir) and overlays the config.pbtxt it rendered, so the repository
-# must not live at /models itself. The committed config.pbtxt files are that same rendering of the example
-# workflows (workloads/tests/test_models.py), so the image also serves standalone on a GPU machine.
-# Build from the repository root: podman build -f images/triton.Dockerfile [--build-arg TRITON_IMAGE=...] .
-ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.10-py3
+# Triton for the project's models: the `tritonserver` shipped in the nvidia-pytriton wheel (CPU here; the
+# same binary, built against CUDA 12, runs on a GPU node whose driver the NVIDIA container toolkit mounts),
+# its Python backend with the stub for this image's Python, numpy and the worker distribution (the models'
+# networks in agentscale_worker.examples) for the models' code, and the example model repository.
+# Laid out like NVIDIA's Triton image: /opt/tritonserver/{bin,lib,backends,caches}, `tritonserver` on PATH
+# (a wrapper that finds the libraries and the models' Python packages), so the operator's rendered pods
+# (`command: [tritonserver]`) run unchanged on either image.
+# The examples name modelRepository file:///opt/agentscale/models: the operator's init container copies a
+# model from there into the pod's /models (an emptyDir) and overlays the config.pbtxt it rendered.
+# Build from the repository root:
+#   podman build -f images/triton.Dockerfile [--build-arg BASE_IMAGE=python:3.11-slim] .
+# images/build.py builds it here on a Debian base made with debootstrap (no registry).
+ARG BASE_IMAGE=python:3.11-slim
 
-FROM ${TRITON_IMAGE}
-COPY workloads/pyproject.toml /src/
-COPY workloads/agentscale_worker/ /src/agentscale_worker/
-RUN pip install --no-cache-dir "numpy>=1.26,<3" && pip install --no-cache-dir --no-deps /src && rm -rf /src
+FROM ${BASE_IMAGE} AS build
+ARG PYTRITON_VERSION=0.7.0
+WORKDIR /src
+COPY workloads/pyproject.toml ./
+COPY workloads/agentscale_worker/ agentscale_worker/
+# The wheel is taken for its server only (--no-deps: not pytriton's Python API and its dependencies).
+RUN --mount=type=secret,id=pipcert \
+    if [ -s /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
+ && python3 -m venv /opt/agentscale \
+ && pip() { /opt/agentscale/bin/pip --disable-pip-version-check --no-cache-dir "$@"; } \
+ && pip install --no-deps "nvidia-pytriton==${PYTRITON_VERSION}" \
+ && pip install "numpy>=1.26,<3" \
+ && pip install --no-deps . \
+ && site="$(/opt/agentscale/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+ && ver="$(/opt/agentscale/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
+ && t="$site/pytriton/tritonserver" \
+ && mkdir -p /opt/tritonserver \
+ && mv "$t/bin" "$t/backends" "$t/caches" /opt/tritonserver/ \
+ && mv "$site/nvidia_pytriton.libs" /opt/tritonserver/lib \
+ && install -m 0755 "$t/python_backend_stubs/$ver/triton_python_backend_stub" /opt/tritonserver/backends/python/ \
+ && rm -rf "$site"/pytriton "$site"/nvidia_pytriton* /opt/agentscale/bin/pip* \
+ && find /opt/agentscale /opt/tritonserver -name __pycache__ -prune -exec rm -rf {} +
+
+FROM ${BASE_IMAGE}
+COPY --from=build /opt/tritonserver /opt/tritonserver
+COPY --from=build /opt/agentscale /opt/agentscale
+COPY images/tritonserver.sh /usr/local/bin/tritonserver
 COPY workloads/models/ /opt/agentscale/models/
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin triton \
+ && rm -rf /opt/agentscale/models/*/1/__pycache__
+USER 10001:10001
 EXPOSE 8000 8001 8002
-CMD ["tritonserver", "--model-repository=/opt/agentscale/models"]
+ENTRYPOINT ["tritonserver"]
+CMD ["--model-repository=/opt/agentscale/models"]

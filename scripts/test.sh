@@ -39,7 +39,7 @@ scripts/bootstrap.sh
 stage "lint and types"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy operator/agentscale workloads/agentscale_worker workloads/agentscale_harness
+.venv/bin/mypy operator/agentscale workloads/agentscale_worker workloads/agentscale_harness images/build.py
 
 stage "operator tests (unit, and the resource controller's signals against a real prometheus)"
 AGENTSCALE_REQUIRE_SERVICES=1 run_pytest operator/tests -q -p no:cacheprovider

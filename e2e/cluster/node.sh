@@ -57,7 +57,7 @@ NODE_IP=none
 MACHINE_STATE=/run/agentscale-nodes # machine-wide: allocation lock, saved kernel tunables
 NODE_LABELS="agentscale.io/real-node=true,agentscale.io/pool=real"
 NODE_TAINT_KEY="agentscale.io/real-node"
-COMPONENTS=(socat-api containerd kubelet kube-proxy coredns)
+COMPONENTS=(socat-api socat-api-pods containerd kubelet kube-proxy coredns)
 # The kubelet sets these machine-wide sysctls at start (protectKernelDefaults=false); we save the values
 # first and put them back when the last real node on the machine stops.
 KERNEL_TUNABLES=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops kernel/keys/root_maxkeys kernel/keys/root_maxbytes)
@@ -83,7 +83,8 @@ ensure_packages() {
   for pkg in containerd:/usr/bin/containerd runc:/usr/sbin/runc \
     containernetworking-plugins:/usr/lib/cni/bridge iptables:/usr/sbin/iptables socat:/usr/bin/socat \
     busybox-static:/bin/busybox gcc:/usr/bin/gcc libc6-dev:/usr/lib/x86_64-linux-gnu/libc.a \
-    openssl:/usr/bin/openssl util-linux:/usr/bin/nsenter iproute2:/usr/sbin/ip; do
+    openssl:/usr/bin/openssl util-linux:/usr/bin/nsenter iproute2:/usr/sbin/ip \
+    podman:/usr/bin/podman debootstrap:/usr/sbin/debootstrap; do
     [ -e "${pkg#*:}" ] || missing+=("${pkg%%:*}")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
@@ -393,7 +394,7 @@ our_pid() {
   [ -s "$f" ] || return 1
   pid="$(cat "$f")"
   [ -r "/proc/$pid/cmdline" ] || return 1
-  { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -qF -e "$NODE_DIR/" -e "bind=$HOST_IP," || return 1
+  { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -qF -e "$NODE_DIR/" -e "bind=$HOST_IP," -e "TCP:$HOST_IP:" || return 1
   echo "$pid"
 }
 
@@ -407,6 +408,7 @@ node_pids() {
     case "$cmd" in *"$NODE_DIR/"*) echo "${p#/proc/}" ;; esac
   done
   our_pid socat-api 2>/dev/null || true
+  our_pid socat-api-pods 2>/dev/null || true
   while read -r d; do
     if [ -d "$d" ]; then find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null || true; fi
   done < <(cgroup_dirs)
@@ -418,7 +420,7 @@ kill_all() {
   # ignores SIGTERM from outside its namespace unless it handles it, and everything here is thrown away,
   # so what is left then gets SIGKILL until nothing of the node runs.
   local c pid pids i
-  for c in kubelet kube-proxy coredns socat-api containerd; do
+  for c in kubelet kube-proxy coredns socat-api-pods socat-api containerd; do
     pid="$(our_pid "$c" 2>/dev/null)" && kill "$pid" 2>/dev/null || true
   done
   sleep 1
@@ -508,12 +510,23 @@ up() {
   save_kernel_tunables
 
   start socat-api host socat "TCP-LISTEN:$API_PORT,bind=$HOST_IP,reuseaddr,fork" "TCP:127.0.0.1:$API_PORT"
+  # Pods reach the API server through the kubernetes Service: kube-proxy sends 10.96.0.1:443 to the
+  # address the API server advertises (kwokctl's, nowhere on this machine), which inside the namespace is
+  # a local address where a second socat hands the connection to the first.
+  API_ADDR="$(k get endpointslice kubernetes -n default -o jsonpath='{.endpoints[0].addresses[0]}')"
+  [ -n "$API_ADDR" ] || die "the kubernetes Service has no endpoint address"
+  in_ns ip addr add "$API_ADDR/32" dev lo
+  start socat-api-pods ns socat "TCP-LISTEN:$API_PORT,bind=$API_ADDR,reuseaddr,fork" "TCP:$HOST_IP:$API_PORT"
   start containerd ns /usr/bin/containerd --config "$NODE_DIR/containerd/config.toml"
   wait_until 30 "containerd" ctr --address "$CTRD_SOCK" version
   local tar
   for tar in "$PAUSE_TAR" "$BUSYBOX_TAR"; do
     ctr --address "$CTRD_SOCK" -n k8s.io images import "$tar" >/dev/null
   done
+  # The project's images (operator, worker, triton, redis): built by images/build.py when their inputs
+  # changed (cached by content under $AGENTSCALE_CACHE/images), imported here.
+  python3 "$AGENTSCALE_REPO/images/build.py" load --address "$CTRD_SOCK" --state "$NODE_DIR/images" ||
+    die "the project's images did not build or load (images/build.py; build logs in $AGENTSCALE_CACHE/images/)"
   start kubelet ns "$(agentscale_bin kubelet)" --config="$NODE_DIR/kubelet.yaml" \
     --kubeconfig="$NODE_DIR/kubeconfig" --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" \
     --root-dir="$NODE_DIR/kubelet" --cert-dir="$NODE_DIR/pki" --node-labels="$NODE_LABELS" --v=1

@@ -171,6 +171,34 @@ fi
 chmod 600 "$kc"
 wait_until 60 "kube-apiserver /readyz" k get --raw /readyz
 
+# --- the API server's certificate names its Service address ---
+# Pods reach the API server as https://10.96.0.1 (the kubernetes Service, KUBERNETES_SERVICE_HOST), and
+# clients in them check that address against the serving certificate, as on any cluster (kubeadm puts it
+# there). kwokctl's certificate lacks it, so with a real node it is re-issued once, with the same key,
+# subject and names plus the Service address, by the cluster's own CA; then the components restart on it.
+service_san() {
+  local pki="$KWOK_WORKDIR/clusters/$name/pki" svc_ip sans tmp
+  svc_ip="$(k get service kubernetes -n default -o jsonpath='{.spec.clusterIP}')"
+  [ -n "$svc_ip" ] || die "the kubernetes Service has no clusterIP"
+  sans="$(openssl x509 -in "$pki/admin.crt" -noout -ext subjectAltName | tail -n +2 | tr -d ' ' | sed 's/IPAddress:/IP:/g')"
+  case ",$sans," in *",IP:$svc_ip,"*) return 0 ;; esac
+  log "adding the kubernetes Service address $svc_ip to the API server's certificate; restarting the cluster's components"
+  tmp="$(mktemp -d)"
+  openssl req -new -key "$pki/admin.key" -subj "$(openssl x509 -in "$pki/admin.crt" -noout -subject -nameopt compat | sed 's/^subject=//')" -out "$tmp/csr" 2>/dev/null
+  printf 'subjectAltName=%s,IP:%s\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n' \
+    "$sans" "$svc_ip" >"$tmp/ext"
+  openssl x509 -req -in "$tmp/csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial -CAserial "$tmp/serial" \
+    -days 36500 -extfile "$tmp/ext" -out "$tmp/crt" 2>/dev/null
+  cp "$tmp/crt" "$pki/admin.crt"
+  rm -rf "$tmp"
+  "$kwokctl" stop cluster --name "$name" >/dev/null 2>&1 || true
+  "$kwokctl" start cluster --name "$name" >/dev/null 2>&1 || true
+  "$kwokctl" get kubeconfig --name "$name" >"$kc.tmp" && mv "$kc.tmp" "$kc"
+  chmod 600 "$kc"
+  wait_until 60 "kube-apiserver /readyz" k get --raw /readyz
+}
+if [ "$REAL_NODE" = 1 ]; then service_san; fi
+
 # --- the fake GPU pool ---
 log "applying fake nodes from nodes.yaml"
 k apply -f "$HERE/nodes.yaml" >/dev/null
