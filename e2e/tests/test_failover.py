@@ -6,7 +6,9 @@ namespace. The session's shared operator is stopped for the test (it would write
 again afterwards. Checked: only the leader applies and posts Events; SIGKILL of the leader hands the Lease
 to the standby after the lease expires; a child deleted while nobody leads stays gone until the new leader
 takes over, which then puts back exactly that child (its re-queue of every cached workflow); a workflow
-applied after the kill is reconciled by the new leader; no other child is created twice.
+applied after the kill is reconciled by the new leader; no other child is created twice. Run twice: with the
+resource controller (which then runs the election) and without it (AGENTSCALE_RC_ENABLED=0: the elector runs
+on its own for the workflow controller).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def _free_port() -> int:
 class Replica:
     """One operator process as one pod of the chart's Deployment would run it (identity = its pod name)."""
 
-    def __init__(self, name: str, kubeconfig: str, namespace: str, log_dir: Path) -> None:
+    def __init__(self, name: str, kubeconfig: str, namespace: str, log_dir: Path, rc: str) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         health = f"http://127.0.0.1:{_free_port()}/healthz"
@@ -58,6 +60,7 @@ class Replica:
             "AGENTSCALE_RC_RETRY_PERIOD_SECONDS": str(RETRY_S),
             "AGENTSCALE_METRICS_PORT": str(_free_port()),
             "AGENTSCALE_STATUS_DEBOUNCE": "0.2",
+            "AGENTSCALE_RC_ENABLED": rc,
         }
         health_arg = ["--liveness", health]
         with self.log_path.open("wb") as log:
@@ -104,15 +107,15 @@ class Replica:
                 self.proc.wait()
 
 
-@pytest.fixture
+@pytest.fixture(params=["1", "0"], ids=["rc-on", "rc-off"])
 def replicas(
-    kubeconfig: str, crd: None, operator: Any, namespace: str, tmp_path: Path
+    kubeconfig: str, crd: None, operator: Any, namespace: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[tuple[Replica, Replica]]:
     operator.stop()  # the shared operator watches every namespace: it would be a third writer here
     started: list[Replica] = []
     try:
         for name in ("agentscale-op-a", "agentscale-op-b"):
-            started.append(Replica(name, kubeconfig, namespace, tmp_path))
+            started.append(Replica(name, kubeconfig, namespace, tmp_path, rc=request.param))
         yield started[0], started[1]
     finally:
         for r in started:
@@ -169,9 +172,10 @@ def test_only_the_leader_writes_and_the_standby_takes_over_after_a_kill(
     back_while_nobody_led: list[str] = []
 
     def taken_over() -> str | None:
-        now_holding = holder(kubectl, ns)
+        back = gone in children(kubectl, ns, "first")
+        now_holding = holder(kubectl, ns)  # read after: a new leader writes the Lease before any child
         if now_holding.startswith(f"{leader.name}_"):
-            if gone in children(kubectl, ns, "first"):
+            if back:
                 back_while_nobody_led.append(now_holding)
             return None
         return now_holding
