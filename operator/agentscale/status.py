@@ -40,12 +40,12 @@ __all__ = [
 READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
 GPU_SHORT, UNSCHEDULABLE = "GPUCapacityShort", "Unschedulable"
 METRICS_UNAVAILABLE = "MetricsUnavailable"
-# Conditions whose turning True is announced with a Warning Event on the workflow (reason and message of
-# the condition), each by the controller that writes it.
-ANNOUNCED_CONDITIONS: tuple[str, ...] = (GPU_SHORT, UNSCHEDULABLE, DEGRADED, METRICS_UNAVAILABLE)
+# Conditions whose turning True the workflow controller announces with a Warning Event on the workflow
+# (reason and message of the condition).
+ANNOUNCED_CONDITIONS: tuple[str, ...] = (GPU_SHORT, UNSCHEDULABLE, DEGRADED)
 # Conditions the resource controller writes (server-side apply of its entries alone, field manager
-# agentscale-resource-controller); the workflow controller's status never sets them and, given the live
-# status (``Observed.live``), keeps them as they are in the list it writes.
+# agentscale-resource-controller) and announces itself; the workflow controller's status never sets them
+# and, given the live status (``Observed.live``), keeps them as they are in the list it writes.
 RESOURCE_CONTROLLER_CONDITIONS: tuple[str, ...] = (METRICS_UNAVAILABLE,)
 
 

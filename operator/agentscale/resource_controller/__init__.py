@@ -25,7 +25,7 @@ below are the ones that do, each kept to its job:
   ``kinds``, ``kube``.
 - ``actuator``: the hands: the scale subresource (own field manager), Events, ``lastScalingDecision``,
   the ``MetricsUnavailable`` condition; only parts whose replicas the controller owns. snapshot,
-  ``api.models``, ``kube``, ``status``.
+  ``api.models``, ``kube``.
 - ``loop``: the leader-only cycle: one read, then per workflow in the cluster cache snapshot, ``decide``,
   fail static, actuate, report ``MetricsUnavailable``. All of the above, ``cache``, ``status``.
 """

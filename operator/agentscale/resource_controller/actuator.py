@@ -30,7 +30,6 @@ from typing import Any, Protocol
 from agentscale.api.models import API_VERSION, KIND, Condition, Scaling, ScalingDecision
 from agentscale.kube import ApiError
 from agentscale.resource_controller.snapshot import Decision
-from agentscale.status import ANNOUNCED_CONDITIONS
 
 log = logging.getLogger("agentscale.resource_controller.actuator")
 
@@ -180,7 +179,7 @@ class Actuator:
             if not (isinstance(exc, ApiError) and exc.status == 404):
                 log.warning("%s/%s: could not write %s: %s", wf.namespace, wf.name, cond.type, exc)
             return False
-        if cond.type in ANNOUNCED_CONDITIONS and cond.status != was and (cond.status == "True" or was):
+        if cond.status != was and (cond.status == "True" or was == "True"):
             kind = "Warning" if cond.status == "True" else "Normal"
             await self._post(wf, kind, cond.type if cond.status == "True" else cond.reason, cond.message)
         return True
