@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from agentscale.api import models as m
 from agentscale.api.crd import build_crd
 from agentscale.api.validation import (
     ALLOWED_IMAGE_PREFIXES_ENV,
@@ -20,7 +21,6 @@ from agentscale.api.validation import (
     workflow_name_problems,
 )
 from agentscale.cache import ClusterCache
-from agentscale.render import labels as L
 from conftest import minimal_spec
 
 
@@ -197,14 +197,14 @@ def test_a_name_that_cannot_prefix_every_child_is_refused(name: str, suggestion:
 
 
 def test_the_longest_name_leaves_room_for_the_longest_suffix() -> None:
-    longest = max(len(p) for p in L.FIXED_PARTS)
-    assert L.MAX_WORKFLOW_NAME + 1 + longest == 63
-    ok = "w" * L.MAX_WORKFLOW_NAME
+    longest = max(len(p) for p in m.FIXED_PARTS)
+    assert m.MAX_WORKFLOW_NAME + 1 + longest == 63
+    ok = "w" * m.MAX_WORKFLOW_NAME
     assert workflow_name_problems(ok) == []
     (msg,) = workflow_name_problems(ok + "w")
-    assert f"at most {L.MAX_WORKFLOW_NAME}" in msg
+    assert f"at most {m.MAX_WORKFLOW_NAME}" in msg
     rules = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-validations"]
-    assert any(r["rule"] == f"size(self.metadata.name) <= {L.MAX_WORKFLOW_NAME}" for r in rules)
+    assert any(r["rule"] == f"size(self.metadata.name) <= {m.MAX_WORKFLOW_NAME}" for r in rules)
     assert any("DNS-1035" in r["message"] and "messageExpression" in r for r in rules)
 
 

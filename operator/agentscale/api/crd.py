@@ -16,7 +16,6 @@ from pydantic import BaseModel
 
 from agentscale.api import models as m
 from agentscale.api.base import cel, cel_string
-from agentscale.render import labels as L
 
 _INT_OR_STRING_KEYS = (
     "x-kubernetes-int-or-string",
@@ -142,7 +141,7 @@ DNS_1035 = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
 
 def _root_rules() -> list[dict[str, str]]:
-    longest = max(L.FIXED_PARTS, key=len)
+    longest = max(m.FIXED_PARTS, key=len)
     return [
         cel(
             f"self.metadata.name.matches({cel_string(DNS_1035)})",
@@ -159,8 +158,8 @@ def _root_rules() -> list[dict[str, str]]:
             ),
         ),
         cel(
-            f"size(self.metadata.name) <= {L.MAX_WORKFLOW_NAME}",
-            f"metadata.name must be at most {L.MAX_WORKFLOW_NAME} characters: it prefixes child names, "
+            f"size(self.metadata.name) <= {m.MAX_WORKFLOW_NAME}",
+            f"metadata.name must be at most {m.MAX_WORKFLOW_NAME} characters: it prefixes child names, "
             f"the longest <name>-{longest}, which must fit in 63",
             reason="FieldValueInvalid",
         ),

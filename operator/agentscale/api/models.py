@@ -32,6 +32,14 @@ DEFAULT_WORKER_IMAGE = "agentscale/worker:0.1.0"
 DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 
 MAX_STEPS = 64
+# What the renderer appends to the workflow's name besides step and model names (<workflow>-gateway, the
+# ServiceAccount and NetworkPolicy <workflow>-workflow; render/labels.py names its parts from these). The
+# longest sets how long a workflow name may be, since <workflow>-<part> must be a DNS-1035 label (63 at most).
+GATEWAY_PART = "gateway"
+WORKFLOW_PART = "workflow"
+FIXED_PARTS = (GATEWAY_PART, WORKFLOW_PART)
+MAX_CHILD_NAME = 63
+MAX_WORKFLOW_NAME = MAX_CHILD_NAME - 1 - max(len(p) for p in FIXED_PARTS)
 MAX_MODELS = 32
 MAX_NEXT = 16
 

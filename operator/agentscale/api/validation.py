@@ -18,8 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from agentscale.api.models import AgentWorkflowSpec
-from agentscale.render import labels as L
+from agentscale.api.models import FIXED_PARTS, MAX_CHILD_NAME, MAX_WORKFLOW_NAME, AgentWorkflowSpec
 
 # The operator's image allow-list: comma-separated prefixes (docs/security.md). Unset or empty: any image.
 ALLOWED_IMAGE_PREFIXES_ENV = "AGENTSCALE_ALLOWED_IMAGE_PREFIXES"
@@ -115,10 +114,10 @@ def workflow_name_problems(name: str) -> list[str]:
             f"<name>-<model>), which must be DNS-1035 labels: lowercase letters, digits and '-', starting "
             f"with a letter; recreate it as e.g. {mended!r}"
         )
-    if len(name) > L.MAX_WORKFLOW_NAME:
+    if len(name) > MAX_WORKFLOW_NAME:
         out.append(
-            f"metadata.name is {len(name)} characters; at most {L.MAX_WORKFLOW_NAME} fit in its children's "
-            f"names (<name>-{max(L.FIXED_PARTS, key=len)} must fit in {L.MAX_CHILD_NAME})"
+            f"metadata.name is {len(name)} characters; at most {MAX_WORKFLOW_NAME} fit in its children's "
+            f"names (<name>-{max(FIXED_PARTS, key=len)} must fit in {MAX_CHILD_NAME})"
         )
     return out
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agentscale.api.models import AgentWorkflow
+from agentscale.api.models import GATEWAY_PART, WORKFLOW_PART, AgentWorkflow
 
 MANAGED_BY = "agentscale"
 WORKFLOW_LABEL = "agentscale.io/workflow"
@@ -15,14 +15,8 @@ FIELD_MANAGER = "agentscale"
 
 STEP = "step"
 MODEL = "model"
-GATEWAY = "gateway"
-WORKFLOW = "workflow"  # objects of the whole workflow: its ServiceAccount and NetworkPolicy
-
-# Every name the renderer appends to the workflow's own (besides step and model names): the longest sets how
-# long a workflow name may be, since <workflow>-<part> must stay a DNS-1035 label (at most 63 characters).
-FIXED_PARTS = (GATEWAY, WORKFLOW)
-MAX_CHILD_NAME = 63
-MAX_WORKFLOW_NAME = MAX_CHILD_NAME - 1 - max(len(p) for p in FIXED_PARTS)
+GATEWAY = GATEWAY_PART
+WORKFLOW = WORKFLOW_PART  # objects of the whole workflow: its ServiceAccount and NetworkPolicy
 
 
 def child_name(wf: AgentWorkflow, part: str) -> str:
