@@ -22,6 +22,8 @@ from agentscale.api.validation import (
 )
 from agentscale.cache import ClusterCache
 from conftest import minimal_spec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def problems(spec: dict[str, Any], **kw: Any) -> list[str]:
@@ -270,3 +272,25 @@ def test_an_image_outside_the_allow_list_is_reported_with_the_image_and_the_list
 def test_without_an_allow_list_any_image_is_accepted() -> None:
     configured_image_prefixes.cache_clear()
     assert parse_spec(minimal_spec(steps=[{"name": "a", "image": "anything:latest"}], models=[]))
+
+
+# ------------------------------------------------------------------------------------------ fuzz
+
+
+_KEYS = st.sampled_from(["name", "image", "concurency", "scaling", "gpu", "env", "nxt", "resources", "x"])
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(_KEYS, children, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(step=st.dictionaries(_KEYS, _VALUES, max_size=5), name=st.text(max_size=70))
+def test_any_step_and_name_give_a_typed_spec_or_problems(step: dict[str, Any], name: str) -> None:
+    """Unknown keys at any depth, bad names and odd values: parse_spec returns a spec or raises InvalidSpec
+    with one message per problem, never anything else (the suggestion lookup walks the models safely)."""
+    try:
+        parse_spec(minimal_spec(steps=[step]), name=name, allowed_images=("registry.example.com/",))
+    except InvalidSpec as exc:
+        assert exc.problems and all(isinstance(p, str) and p for p in exc.problems)

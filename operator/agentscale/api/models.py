@@ -133,7 +133,7 @@ Quantity = Annotated[
         json_schema_extra={
             "x-kubernetes-int-or-string": True,
             "maxLength": QUANTITY_MAX_LENGTH,
-            # The API server's own quantity parser (CEL, Kubernetes 1.29+) rather than a pattern, so a bad
+            # The API server's own quantity parser (CEL, Kubernetes 1.28+) rather than a pattern, so a bad
             # value is refused with advice instead of a regular expression.
             "x-kubernetes-validations": [cel(QUANTITY_RULE, QUANTITY_ADVICE)],
         }
