@@ -226,3 +226,12 @@ def test_identity_objects_as_the_api_server_returns_them_are_not_drift() -> None
     policy = of_kind(render(), "NetworkPolicy")["wf-gateway"]
     opened = {**policy, "spec": {**policy["spec"], "podSelector": {}}}
     assert drifted_fields(policy, opened) == ["spec.podSelector.matchLabels"]
+
+
+def test_step_readiness_follows_the_redis_connection() -> None:
+    """The worker's metrics server answers /readyz from its Redis connection; liveness stays /healthz."""
+    for name, pod in pod_specs(render()).items():
+        worker = pod["containers"][0]
+        if name in ("wf-a", "wf-b"):
+            assert worker["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+            assert worker["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}

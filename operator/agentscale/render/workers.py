@@ -149,7 +149,8 @@ def step_deployment(wf: AgentWorkflow, step: Step) -> dict[str, Any]:
         ),
         "securityContext": dict(pods.CONTAINER_SECURITY),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-        **_probes("metrics", "/healthz", step.probeTimeoutSeconds),
+        # Ready while the worker reaches Redis (its metrics server answers /readyz from the connection).
+        **_probes("metrics", "/readyz", step.probeTimeoutSeconds),
     }
     if step.command:
         container["command"] = list(step.command)
