@@ -233,6 +233,29 @@ def test_series_map_to_their_workflows_parts_with_slots_per_replica() -> None:
     assert signals_for(None, wf) == {}
 
 
+# (case, the series' part, the snapshot part that gets its lag, or None)
+MAPPING = [
+    ("same namespace, workflow and step", ref("step/a"), "step/a"),
+    ("another namespace, same names", ref("step/a", ns="ns2"), None),
+    ("another workflow, same namespace", ref("step/a", wf="wf2"), None),
+    ("a step the spec does not have", ref("step/zz"), None),
+    ("the model label names a model server", ref("model/m"), "model/m"),
+]
+
+
+@pytest.mark.parametrize(("series", "gets"), [c[1:] for c in MAPPING], ids=[c[0] for c in MAPPING])
+def test_a_series_maps_to_the_part_its_labels_name(series: PartRef, gets: str | None) -> None:
+    wf = load_workflow({"metadata": {"name": "wf", "namespace": "ns"}, "spec": SPEC})
+    signal = Signal.step_queue_lag if series.kind == PartKind.step else Signal.model_queue_time_s
+    snap = snapshot_of(wf, {}, 0.0, signals_for(reading({signal: {series: 7.0}}), wf))
+    got = {
+        p.key
+        for p in snap.parts
+        if (p.signals.queue_lag if p.kind == PartKind.step else p.signals.queue_time_s) == 7.0
+    }
+    assert got == ({gets} if gets else set())
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
