@@ -216,6 +216,13 @@ def section(res: dict[str, Any], w: dict[str, Any] | None, image: str) -> str:
         f"from {{{cal}}} | KEDA's formula, 30 s polling |",
         f"| controller queue mode | `targetQueueLagPerReplica` {sc['target_lag_per_replica']} | scenario |",
         "",
+        "| trace | shape | seconds | messages | mean msg/s | start replicas |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {name} | {tr['description']} | {tr['duration_s']:,} | {tr['requests']:,} | {tr['mean_rps']:g} | {tr['initial_replicas']} |"
+            for name, tr in res["traces"].items()
+        ),
+        "",
         "### Against issue 9's targets",
         "",
         summary(res),
