@@ -2,6 +2,7 @@
 
     python3 images/build.py build [NAME ...]   # build what changed (all by default); print the archives
     python3 images/build.py load --address SOCK --state DIR [NAME ...]   # import into containerd (k8s.io)
+    python3 images/build.py key NAME           # an image's input key
     python3 images/build.py list               # name, reference, input key, archive, cached or not
 
 The chain: a Debian bookworm root filesystem made with ``debootstrap --variant=minbase`` from Debian's mirror
@@ -372,6 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ld.add_argument("--address", required=True, help="containerd's socket")
     ld.add_argument("--state", required=True, type=Path, help="where to record what was imported")
     sub.add_parser("list")
+    k = sub.add_parser("key", help="print an image's input key (what a changed image changes)")
+    k.add_argument("names", nargs=1, metavar="NAME")
     args = p.parse_args(argv)
     unknown = [n for n in getattr(args, "names", []) if n not in IMAGES]
     if unknown:
@@ -380,6 +383,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_build(list(args.names))
     if args.cmd == "load":
         return cmd_load(list(args.names), str(args.address), Path(args.state))
+    if args.cmd == "key":
+        print(key_of(args.names[0]))
+        return 0
     return cmd_list()
 
 

@@ -142,6 +142,13 @@ build_images() {
   exec 7>&-
 }
 
+# The project's images (operator, worker, triton, redis): built by images/build.py when their inputs changed
+# (cached by content under $AGENTSCALE_CACHE/images), imported when the node does not have that build yet.
+load_project_images() {
+  python3 "$AGENTSCALE_REPO/images/build.py" load --address "$CTRD_SOCK" --state "$NODE_DIR/images" ||
+    die "the project's images did not build or load (images/build.py; build logs in $AGENTSCALE_CACHE/images/)"
+}
+
 # --- the host side: addresses, namespace, cgroups, certificates ------------------------------------------
 api_port() { k config view --minify -o jsonpath='{.clusters[0].cluster.server}' | sed 's#.*:\([0-9]*\)/*$#\1#'; }
 
@@ -489,6 +496,7 @@ up() {
   k get --raw /readyz >/dev/null 2>&1 || die "the API server of $NAME does not answer (run up.sh)"
   if status; then
     log "reusing real node $NODE_NAME (namespace $NETNS, InternalIP $NODE_IP)"
+    load_project_images
     return 0
   fi
   local start_s=$SECONDS
@@ -523,10 +531,7 @@ up() {
   for tar in "$PAUSE_TAR" "$BUSYBOX_TAR"; do
     ctr --address "$CTRD_SOCK" -n k8s.io images import "$tar" >/dev/null
   done
-  # The project's images (operator, worker, triton, redis): built by images/build.py when their inputs
-  # changed (cached by content under $AGENTSCALE_CACHE/images), imported here.
-  python3 "$AGENTSCALE_REPO/images/build.py" load --address "$CTRD_SOCK" --state "$NODE_DIR/images" ||
-    die "the project's images did not build or load (images/build.py; build logs in $AGENTSCALE_CACHE/images/)"
+  load_project_images
   start kubelet ns "$(agentscale_bin kubelet)" --config="$NODE_DIR/kubelet.yaml" \
     --kubeconfig="$NODE_DIR/kubeconfig" --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" \
     --root-dir="$NODE_DIR/kubelet" --cert-dir="$NODE_DIR/pki" --node-labels="$NODE_LABELS" --v=1

@@ -1,4 +1,5 @@
-"""Operator fixtures: the CRD installed with kubectl, and the operator running as a local process."""
+"""Operator fixtures: the CRD installed with kubectl, and the operator: installed by the chart in pods on the
+real node (incluster.py), or as a local process when the cluster has no real node."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chart_support import Helm, resolve_helm
+from incluster import InClusterOperator
 from operator_support import CRDS, REPO
 
 
@@ -79,6 +82,10 @@ class OperatorProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def lease_namespace(self) -> str:
+        return os.environ.get("AGENTSCALE_NAMESPACE") or os.environ.get("POD_NAMESPACE") or "default"
+
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("operator-*.log")))
 
@@ -89,16 +96,33 @@ def crd(kubectl: Any) -> None:
     kubectl("wait", "--for=condition=Established", "crd/agentworkflows.agentscale.io", "--timeout=60s")
 
 
+def operator_mode() -> str:
+    """``chart`` (the default with a real node: the operator installed by Helm, in pods on the real node,
+    under the chart's RBAC) or ``process`` (a local process with the admin kubeconfig; the only choice on a
+    cluster without a real node). AGENTSCALE_E2E_OPERATOR picks one; CI runs the chart."""
+    mode = os.environ.get("AGENTSCALE_E2E_OPERATOR")
+    if mode is None:
+        mode = "process" if os.environ.get("AGENTSCALE_REAL_NODE", "1") == "0" else "chart"
+    if mode not in ("chart", "process"):
+        raise pytest.UsageError(f"AGENTSCALE_E2E_OPERATOR={mode!r}: use chart or process")
+    return mode
+
+
 @pytest.fixture(scope="session")
 def operator(
-    kubeconfig: str, crd: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("operator"))
-    op.start()
+    kubeconfig: str, kubectl: Any, crd: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess | InClusterOperator]:
+    op: OperatorProcess | InClusterOperator
+    if operator_mode() == "chart":
+        op = InClusterOperator(kubectl, Helm(resolve_helm(), kubeconfig))
+        op.install()
+    else:
+        op = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("operator"))
+        op.start()
     yield op
-    op.stop()
     if os.environ.get("AGENTSCALE_E2E_SHOW_LOGS") == "1":
         print(op.logs()[-20000:])
+    op.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -106,5 +130,5 @@ def _operator_alive_after(request: pytest.FixtureRequest) -> Iterator[None]:
     """A test that used the operator fails if the operator died during it (it must never crash)."""
     yield
     if "operator" in request.fixturenames:
-        op: OperatorProcess = request.getfixturevalue("operator")
-        assert op.alive(), f"the operator process died:\n{op.logs()[-4000:]}"
+        op: OperatorProcess | InClusterOperator = request.getfixturevalue("operator")
+        assert op.alive(), f"the operator died (or a pod of it restarted):\n{op.logs()[-4000:]}"
