@@ -15,15 +15,15 @@ import yaml
 from agentscale import rbac
 from agentscale.api.models import KIND, AgentWorkflow
 from agentscale.api.validation import parse_spec
-from agentscale.render import labels as L
 from agentscale.render import render_workflow
 from agentscale.resource_controller.leader import new_identity, operator_namespace
+from agentscale.resource_controller.promql import SCRAPE_RELABEL_CONFIGS
 from chart_support import CHART, KUBE_VERSION, RELEASE_NS, Helm, resolve_helm
 from operator_support import EXAMPLES
 
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 # Kinds kubernetes-validate has no schema for; each is checked by hand below.
-NOT_IN_K8S_SCHEMAS = {"ServiceMonitor"}
+NOT_IN_K8S_SCHEMAS = {"ServiceMonitor", "PodMonitor"}
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,10 @@ def test_operator_deployment_runs_standalone_with_health_probes(helm: Helm) -> N
     (c,) = spec["containers"]
     assert c["command"] == ["agentscale"]
     assert c["args"] == ["run", "--standalone", "--liveness", "http://0.0.0.0:8080/healthz"]
-    assert c["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"}]
+    assert c["ports"] == [
+        {"name": "health", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+    ]
     for probe in ("livenessProbe", "readinessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert spec["serviceAccountName"] == _one(docs, "ServiceAccount")["metadata"]["name"]
@@ -130,13 +133,14 @@ def test_operator_deployment_runs_standalone_with_health_probes(helm: Helm) -> N
 
 def test_optional_parts_are_off_by_default(helm: Helm) -> None:
     docs = helm.template()
-    assert [d["metadata"]["name"] for d in docs if d["kind"] in ("Deployment", "Service")] == ["agentscale"]
-    assert not [d for d in docs if d["kind"] == "ServiceMonitor"]
+    names = sorted(d["metadata"]["name"] for d in docs if d["kind"] in ("Deployment", "Service"))
+    assert names == ["agentscale", "agentscale-metrics"]  # the operator and its /metrics Service
+    assert not [d for d in docs if d["kind"] in ("ServiceMonitor", "PodMonitor")]
 
 
 def test_redis_when_enabled(helm: Helm) -> None:
     docs = helm.template("--set", "redis.enabled=true")
-    svc = next(d for d in docs if d["kind"] == "Service")
+    svc = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] != "agentscale-metrics")
     assert svc["metadata"]["name"] == "agentscale-redis"
     dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "agentscale-redis")
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
@@ -144,28 +148,79 @@ def test_redis_when_enabled(helm: Helm) -> None:
     assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "redis:7.4"
 
 
-def test_service_monitor_selects_the_workflow_services(helm: Helm) -> None:
-    """The ServiceMonitor's selector and port match the Services the operator renders for a workflow."""
-    sm = _one(helm.template("--set", "serviceMonitor.enabled=true"), "ServiceMonitor")
-    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
-    assert sm["spec"]["namespaceSelector"] == {"any": True}
-    (endpoint,) = sm["spec"]["endpoints"]
-    selector = sm["spec"]["selector"]
+def test_pod_monitor_scrapes_every_workflow_pod_as_the_resource_controller_reads(helm: Helm) -> None:
+    """The PodMonitor selects every pod template the operator renders for a workflow (steps, gateway, Triton),
+    on a container port it has, and relabels the way the resource controller maps series to workflows."""
+    pm = _one(helm.template("--set", "serviceMonitor.enabled=true"), "PodMonitor")
+    assert pm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert pm["spec"]["namespaceSelector"] == {"any": True}
+    (endpoint,) = pm["spec"]["podMetricsEndpoints"]
+    selector = pm["spec"]["selector"]
     docs = yaml.safe_load_all((EXAMPLES / "recommendation.yaml").read_text())
     example = next(d for d in docs if d and d.get("kind") == KIND)
     wf = AgentWorkflow(
         metadata={"name": example["metadata"]["name"], "namespace": "shop"}, spec=parse_spec(example["spec"])
     )
-    services = [o for o in render_workflow(wf) if o["kind"] == "Service"]
-    scraped = [s for s in services if any(p["name"] == endpoint["port"] for p in s["spec"]["ports"])]
-    assert scraped, "no workflow Service has the ServiceMonitor's port"
-    for svc in scraped:
-        labels = svc["metadata"]["labels"]
-        assert selector["matchLabels"].items() <= labels.items()
+    deployments = [o for o in render_workflow(wf) if o["kind"] == "Deployment"]
+    assert len(deployments) >= 5  # 3 steps, 2 model servers, the gateway
+    for dep in deployments:
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert selector["matchLabels"].items() <= labels.items(), dep["metadata"]["name"]
         for expr in selector["matchExpressions"]:
             assert expr["operator"] == "Exists" and expr["key"] in labels
-    assert selector["matchLabels"] == {"app.kubernetes.io/managed-by": L.MANAGED_BY}
-    assert selector["matchExpressions"] == [{"key": L.WORKFLOW_LABEL, "operator": "Exists"}]
+        ports = [
+            p.get("name") for c in dep["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])
+        ]
+        assert endpoint["port"] in ports, dep["metadata"]["name"]
+    # The same target labels as promql.SCRAPE_RELABEL_CONFIGS (kubernetes_sd role pod), in camelCase.
+    expected = {
+        (tuple(r["source_labels"]), r["target_label"], r.get("regex"))
+        for r in SCRAPE_RELABEL_CONFIGS
+        if r.get("target_label") in ("namespace", "workflow", "model", "pod")
+    }
+    got = {(tuple(r["sourceLabels"]), r["targetLabel"], r.get("regex")) for r in endpoint["relabelings"]}
+    assert got == expected
+
+
+def test_operator_metrics_service_and_service_monitor(helm: Helm) -> None:
+    docs = helm.template("--set", "serviceMonitor.enabled=true")
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    svc = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "agentscale-metrics")
+    sm = _one(docs, "ServiceMonitor")
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["AGENTSCALE_METRICS_PORT"] == "9090"
+    assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert sm["spec"]["endpoints"][0]["port"] == svc["spec"]["ports"][0]["name"] == "metrics"
+    off = helm.template("--set", "serviceMonitor.enabled=true", "--set", "operator.metricsPort=0")
+    assert not [
+        d for d in off if d["kind"] in ("ServiceMonitor",) or d["metadata"]["name"] == "agentscale-metrics"
+    ]
+    (plain,) = next(d for d in off if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert "metrics" not in [p["name"] for p in plain["ports"]]
+
+
+def test_operator_settings_become_its_environment(helm: Helm) -> None:
+    docs = helm.template(
+        "--set",
+        "operator.prometheusUrl=http://prometheus.monitoring:9090",
+        "--set",
+        "operator.allowedImagePrefixes={registry.example.com/ml,nvcr.io/nvidia}",
+        "--set-json",
+        'operator.extraEnv=[{"name":"AGENTSCALE_RC_CYCLE_SECONDS","value":"5"}]',
+    )
+    (container,) = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["AGENTSCALE_PROMETHEUS_URL"] == "http://prometheus.monitoring:9090"
+    assert env["AGENTSCALE_ALLOWED_IMAGE_PREFIXES"] == "registry.example.com/ml,nvcr.io/nvidia"
+    assert env["AGENTSCALE_RC_CYCLE_SECONDS"] == "5"
+    default = next(d for d in helm.template() if d["kind"] == "Deployment")
+    names = [e["name"] for e in default["spec"]["template"]["spec"]["containers"][0]["env"]]
+    assert "AGENTSCALE_PROMETHEUS_URL" not in names and "AGENTSCALE_ALLOWED_IMAGE_PREFIXES" not in names
 
 
 def test_two_replicas_one_leading_roll_without_losing_a_standby(helm: Helm) -> None:
