@@ -18,6 +18,7 @@ from pydantic_core import PydanticCustomError
 
 from agentscale.api.base import Advice, cel, dns_label_example
 from agentscale.api.base import Model as _Model
+from agentscale.api.placement import Placement
 from agentscale.api.pods import NetworkPolicySpec, ServiceAccountSpec
 
 GROUP = "agentscale.io"
@@ -551,6 +552,13 @@ class ModelServer(_Model):
         ),
     )
     scaling: Scaling = Field(default_factory=Scaling, description="Replicas of the model server.")
+    placement: Placement | None = Field(
+        None,
+        description=(
+            "Nodes this model's server pods may run on, merged over spec.placement (its nodeSelector "
+            "keys win; tolerations are added)."
+        ),
+    )
     podAnnotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
         default_factory=dict,
         max_length=64,
@@ -624,6 +632,13 @@ class Step(_Model):
     tmpSizeLimit: Quantity = _tmp_size_limit()
     gpu: GPU | None = Field(None, description="GPUs per worker pod (most steps need none).")
     scaling: Scaling = Field(default_factory=Scaling, description="Replicas of the worker.")
+    placement: Placement | None = Field(
+        None,
+        description=(
+            "Nodes this step's worker pods may run on, merged over spec.placement (its nodeSelector "
+            "keys win; tolerations are added)."
+        ),
+    )
     podAnnotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
         default_factory=dict,
         max_length=64,
@@ -662,6 +677,13 @@ class Gateway(_Model):
         description=(
             "CPU and memory per gateway pod. Unset: requests cpu 100m, memory 128Mi; memory limit 1Gi (or "
             "the memory request, if larger); no CPU limit."
+        ),
+    )
+    placement: Placement | None = Field(
+        None,
+        description=(
+            "Nodes the gateway pods may run on, merged over spec.placement (its nodeSelector keys "
+            "win; tolerations are added)."
         ),
     )
     probeTimeoutSeconds: int = _probe_timeout()
@@ -737,6 +759,13 @@ class AgentWorkflowSpec(_Model):
         description=(
             "Traffic the workflow's pods accept and send (by default only the gateway takes traffic from "
             "outside the workflow)."
+        ),
+    )
+    placement: Placement | None = Field(
+        None,
+        description=(
+            "Nodes every pod of the workflow may run on (nodeSelector, tolerations); a step, model or the "
+            "gateway may refine it with its own placement. GPU pods also get their GPU's node selection."
         ),
     )
     gateway: Gateway = Field(default_factory=Gateway, description="The workflow's HTTP entry.")

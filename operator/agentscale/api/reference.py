@@ -108,7 +108,9 @@ def render_reference() -> str:
         "What CEL cannot check, the operator checks and reports as condition `Degraded` with reason "
         "`InvalidSpec` and a Warning Event: a cycle in `next` (the message names it, e.g. `a -> b -> a`), an "
         "image outside the operator's allow-list (`AGENTSCALE_ALLOWED_IMAGE_PREFIXES`; the message names the "
-        "image and the list), and the rules above for objects stored before they existed. Unknown fields are "
+        "image and the list), a step or model whose merged `placement.nodeSelector` names another "
+        "`nvidia.com/gpu.product` than its `gpu.product`, and the rules above for objects stored before they "
+        "existed. Unknown fields are "
         "refused by `kubectl apply` (strict field validation) naming the field; `agentscale validate` also "
         "suggests the field meant. See docs/security.md for the trust model and the defaults.\n"
     )

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from agentscale.api.models import FIXED_PARTS, MAX_CHILD_NAME, MAX_WORKFLOW_NAME, AgentWorkflowSpec
+from agentscale.api.placement import placement_problems
 
 # The operator's image allow-list: comma-separated prefixes (docs/security.md). Unset or empty: any image.
 ALLOWED_IMAGE_PREFIXES_ENV = "AGENTSCALE_ALLOWED_IMAGE_PREFIXES"
@@ -212,6 +213,7 @@ def semantic_problems(spec: AgentWorkflowSpec) -> list[str]:
     if clash:
         problems.append(f"spec: {', '.join(clash)} named both a step and a model; rename one")
     problems.extend(_mirrored_cel_problems(spec))
+    problems.extend(placement_problems(spec))
     cycle = find_cycle({s.name: list(s.next) for s in spec.steps})
     if cycle:
         problems.append(

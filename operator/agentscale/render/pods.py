@@ -1,16 +1,16 @@
-"""Pod-level building blocks: GPU placement, identity, the restricted security profile, resources, probes
-and scratch volumes."""
+"""Pod-level building blocks: placement (the GPU's and the spec's), identity, the restricted security
+profile, resources, probes and scratch volumes."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from agentscale.api.models import GPU, AgentWorkflow, GPUSharing, Resources, parse_quantity
+from agentscale.api.placement import PRODUCT_LABEL, Placement, dedupe, merge
 from agentscale.render import labels as L
 
 GPU_RESOURCE = "nvidia.com/gpu"
 SHARED_GPU_RESOURCE = "nvidia.com/gpu.shared"
-PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_TAINT_KEY = "nvidia.com/gpu"
 
 
@@ -66,8 +66,10 @@ def empty_dir(name: str, size_limit: str | int) -> dict[str, Any]:
     return {"name": name, "emptyDir": {"sizeLimit": size_limit}}
 
 
-def placement(gpu: GPU | None, selector: dict[str, str]) -> dict[str, Any]:
-    """nodeSelector, tolerations and topology spread for a pod; GPU pods tolerate the GPU taint."""
+def placement(gpu: GPU | None, selector: dict[str, str], *layers: Placement | None) -> dict[str, Any]:
+    """nodeSelector, tolerations and topology spread for a pod. GPU pods get the GPU product's node label
+    and tolerate the GPU taint; ``layers`` (the workflow's placement, then the part's) add to both as
+    ``api/placement.merge`` says. A key left empty is left out, so a pod without any stays as before."""
     out: dict[str, Any] = {
         "topologySpreadConstraints": [
             {
@@ -78,11 +80,21 @@ def placement(gpu: GPU | None, selector: dict[str, str]) -> dict[str, Any]:
             }
         ]
     }
-    if gpu is None:
-        return out
-    if gpu.product:
-        out["nodeSelector"] = {PRODUCT_LABEL: gpu.product}
-    out["tolerations"] = [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}]
+    node_selector: dict[str, str] = {}
+    tolerations: list[dict[str, Any]] = []
+    if gpu is not None:
+        if gpu.product:
+            node_selector[PRODUCT_LABEL] = gpu.product
+        tolerations.append({"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"})
+    user = merge(*layers)
+    # A product in the user's selector that differs from gpu.product is refused by validation
+    # (placement_problems); should one get here, the GPU request's own product stands.
+    node_selector = {**user.nodeSelector, **node_selector}
+    tolerations = dedupe(tolerations + [t.to_dict() for t in user.tolerations])
+    if node_selector:
+        out["nodeSelector"] = node_selector
+    if tolerations:
+        out["tolerations"] = tolerations
     return out
 
 

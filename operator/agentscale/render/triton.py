@@ -157,7 +157,7 @@ def deployment(wf: AgentWorkflow, model: ModelServer) -> dict[str, Any]:
         "initContainers": [stage],
         "containers": [server],
         "volumes": volumes,
-        **pods.placement(model.gpu, selector),
+        **pods.placement(model.gpu, selector, wf.spec.placement, model.placement),
     }
     if wf.spec.priorityClassName:
         pod_spec["priorityClassName"] = wf.spec.priorityClassName

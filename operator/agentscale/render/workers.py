@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from agentscale.api.models import AgentWorkflow, Step
+from agentscale.api.placement import Placement
 from agentscale.render import labels as L
 from agentscale.render import pods
 
@@ -85,6 +86,7 @@ def _pod_template(
     grace: int,
     annotations: dict[str, str],
     tmp_size_limit: str | int,
+    own_placement: Placement | None,
 ) -> dict[str, Any]:
     selector = L.selector_labels(wf, component, part)
     pod_spec: dict[str, Any] = {
@@ -94,7 +96,7 @@ def _pod_template(
         "enableServiceLinks": False,
         "containers": [container],
         "volumes": [pods.empty_dir("tmp", tmp_size_limit)],
-        **pods.placement(gpu, selector),
+        **pods.placement(gpu, selector, wf.spec.placement, own_placement),
     }
     if wf.spec.priorityClassName:
         pod_spec["priorityClassName"] = wf.spec.priorityClassName
@@ -159,7 +161,15 @@ def step_deployment(wf: AgentWorkflow, step: Step) -> dict[str, Any]:
     if step.args:
         container["args"] = list(step.args)
     template = _pod_template(
-        wf, L.STEP, step.name, container, step.gpu, 60, step.podAnnotations, step.tmpSizeLimit
+        wf,
+        L.STEP,
+        step.name,
+        container,
+        step.gpu,
+        60,
+        step.podAnnotations,
+        step.tmpSizeLimit,
+        step.placement,
     )
     return _deployment(
         wf,
@@ -190,7 +200,9 @@ def gateway_deployment(wf: AgentWorkflow) -> dict[str, Any]:
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         **_probes("http", "/readyz", gw.probeTimeoutSeconds),
     }
-    template = _pod_template(wf, L.GATEWAY, None, container, None, 30, gw.podAnnotations, gw.tmpSizeLimit)
+    template = _pod_template(
+        wf, L.GATEWAY, None, container, None, 30, gw.podAnnotations, gw.tmpSizeLimit, gw.placement
+    )
     return _deployment(wf, L.child_name(wf, "gateway"), L.GATEWAY, None, gw.replicas, template, None)
 
 
