@@ -20,7 +20,7 @@ import re
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, model_validator
 from pydantic_core import PydanticCustomError
 
 from agentscale.api.base import Advice, Model, cel, cel_string
@@ -66,7 +66,21 @@ LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=LABEL_KEY_M
 LabelValue = Annotated[
     str, StringConstraints(max_length=63), Advice(LABEL_VALUE, LABEL_VALUE_ADVICE, _label_value_example)
 ]
-# The CRD cannot put a schema on map keys; this CEL rule on the map checks them instead.
+
+
+def _selector_key(key: str) -> str:
+    if len(key) > LABEL_KEY_MAX_LENGTH:
+        raise PydanticCustomError(
+            "advice", "{key}: {advice}", {"key": repr(key[:80]), "advice": LABEL_KEY_ADVICE}
+        )
+    for advice in _KEY_ADVICE:
+        advice.check(key)
+    return key
+
+
+# A nodeSelector key: checked by pydantic through a validator that leaves the JSON schema a plain string (the
+# CRD cannot put a schema on map keys); this CEL rule on the map checks them in the API server instead.
+_SelectorKey = Annotated[str, AfterValidator(_selector_key)]
 _NODE_SELECTOR_KEYS_RULE = cel(
     f"self.all(k, k.matches({cel_string(LABEL_KEY)}) && k.matches({cel_string(LABEL_KEY_LENGTHS)}))",
     f"nodeSelector: every key {LABEL_KEY_ADVICE}; the name after any '/' at most 63 characters",
@@ -153,7 +167,7 @@ class Placement(Model):
     """Nodes the pods may run on. On spec: every pod of the workflow. On a step, model or the gateway: merged
     over the workflow's (its nodeSelector keys win; tolerations are the union)."""
 
-    nodeSelector: dict[str, LabelValue] = Field(
+    nodeSelector: dict[_SelectorKey, LabelValue] = Field(
         default_factory=dict,
         max_length=MAX_NODE_SELECTOR,
         description=(
@@ -171,18 +185,6 @@ class Placement(Model):
             "the toleration of the nvidia.com/gpu taint; duplicates are dropped."
         ),
     )
-
-    @field_validator("nodeSelector")
-    @classmethod
-    def _keys(cls, value: dict[str, str]) -> dict[str, str]:
-        for key in value:
-            if len(key) > LABEL_KEY_MAX_LENGTH:
-                raise PydanticCustomError(
-                    "advice", "{key}: {advice}", {"key": key[:80], "advice": LABEL_KEY_ADVICE}
-                )
-            for advice in _KEY_ADVICE:
-                advice.check(key)
-        return value
 
 
 def merge(*layers: Placement | None) -> Placement:
