@@ -136,7 +136,7 @@ def parse_request(
     prio = req.get("priority", default_priority)
     if not isinstance(prio, int) or isinstance(prio, bool) or not -1000 <= prio <= 1000:
         raise BadRequest(422, "field 'priority' must be an integer in [-1000, 1000]")
-    timeout = req.get("timeout_ms", 30_000)
+    timeout = req.get("timeout_ms", min(30_000, max_timeout_ms))
     if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 < timeout <= max_timeout_ms:
         raise BadRequest(422, f"field 'timeout_ms' must be a number in (0, {max_timeout_ms}]")
     run_id = req.get("run_id")
