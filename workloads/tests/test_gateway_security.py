@@ -15,6 +15,7 @@ import pytest
 from agentscale_harness.local import RedisServer, free_port, wait_until
 from agentscale_worker import streams
 from agentscale_worker.config import Graph
+from agentscale_worker.examples import VALIDATORS, sample_input
 from agentscale_worker.streams import redis_client
 
 from .conftest import Flow, start_flow
@@ -335,3 +336,18 @@ async def test_a_burst_waits_for_pooled_connections_instead_of_503(redis_server:
         codes = [c for c, _, _ in replies]
         assert set(codes) <= {202, 429}, sorted(set(codes))
         assert codes.count(202) >= 128  # the cold-start allowance, all of it this client's fair share
+
+
+def test_example_validators_refuse_unknown_fields() -> None:
+    """Extra fields would ride along to every step (and into Redis) unchecked: the validators name them."""
+    for workflow, validate in VALIDATORS.items():
+        x = sample_input(workflow)
+        assert validate(x) is None, workflow
+        problem = validate({**x, "junk": "j" * 10_000})
+        assert problem and "unknown fields ['junk']" in problem, (workflow, problem)
+    perception = VALIDATORS["driving-perception"]
+    many = {
+        **sample_input("driving-perception"),
+        "tracks": [{"id": i, "box": [0, 0, 1, 1]} for i in range(257)],
+    }
+    assert "up to 256" in (perception(many) or "")

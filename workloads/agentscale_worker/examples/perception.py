@@ -13,9 +13,15 @@ from . import nets
 SCORE_MIN = 0.3  # the untrained detector scores around 0.2-0.35: keeps a handful
 
 
+MAX_TRACKS = 256
+
+
 def validate(payload: Any) -> str | None:
     if not isinstance(payload, dict) or "image" not in payload:
         return "expected an object with field 'image' (3x32x32 numbers), optional 'tracks' and 'speed'"
+    unknown = sorted(str(k)[:40] for k in set(payload) - {"image", "tracks", "speed"})
+    if unknown:
+        return f"unknown fields {unknown[:5]}; allowed: image, tracks, speed"
     try:
         img = np.asarray(payload["image"], dtype=np.float32)
     except (TypeError, ValueError):
@@ -28,14 +34,18 @@ def validate(payload: Any) -> str | None:
     if not isinstance(speed, int | float) or isinstance(speed, bool) or not 0 <= speed <= 100:
         return "field 'speed' must be a number in [0, 100] (m/s)"
     tracks = payload.get("tracks", [])
-    if not isinstance(tracks, list) or not all(
-        isinstance(t, dict)
-        and isinstance(t.get("id"), int)
-        and isinstance(t.get("box"), list)
-        and len(t["box"]) == 4
-        for t in tracks
+    if (
+        not isinstance(tracks, list)
+        or len(tracks) > MAX_TRACKS
+        or not all(
+            isinstance(t, dict)
+            and isinstance(t.get("id"), int)
+            and isinstance(t.get("box"), list)
+            and len(t["box"]) == 4
+            for t in tracks
+        )
     ):
-        return "field 'tracks' must be a list of {'id': int, 'box': [cx, cy, w, h]}"
+        return f"field 'tracks' must be a list of up to {MAX_TRACKS} {{'id': int, 'box': [cx, cy, w, h]}}"
     return None
 
 

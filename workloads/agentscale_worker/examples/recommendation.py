@@ -24,6 +24,8 @@ def catalog() -> NDArray[Any]:
 def validate(payload: Any) -> str | None:
     if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
         return "expected an object with a string field 'query'"
+    if set(payload) != {"query"}:
+        return f"unknown fields {sorted(str(k)[:40] for k in payload if k != 'query')[:5]}; allowed: query"
     if not payload["query"].strip():
         return "field 'query' must not be empty"
     if len(payload["query"]) > 1000:

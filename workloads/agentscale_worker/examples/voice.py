@@ -25,6 +25,8 @@ REPLIES = {
 def validate(payload: Any) -> str | None:
     if not isinstance(payload, dict) or "audio" not in payload:
         return "expected an object with field 'audio' (a list of up to 1600 samples in [-1, 1])"
+    if set(payload) != {"audio"}:
+        return f"unknown fields {sorted(str(k)[:40] for k in payload if k != 'audio')[:5]}; allowed: audio"
     audio = payload["audio"]
     if not isinstance(audio, list) or not 0 < len(audio) <= nets.AUDIO_LEN:
         return f"field 'audio' must be a list of 1 to {nets.AUDIO_LEN} numbers"
