@@ -337,6 +337,7 @@ class WorkflowController:
             deployments=self.cache.deployments(key),
             pending=self.cache.pending(key),
             previous=old,
+            live=record.get("status"),  # keeps the resource controller's conditions in the list written
         )
         new = compute_status(obs)
         patch = status_patch(old, new)
