@@ -160,3 +160,24 @@ async def test_step_readiness_follows_redis(redis_server: RedisServer) -> None:
             await wait_until(lambda: ready_is(200), 20, what="ready again")
     finally:
         await w.drain()
+
+
+async def test_a_pool_wait_that_runs_out_reads_as_busy_not_down(redis_server: RedisServer) -> None:
+    r = streams.redis_client(redis_server.url, max_connections=2, pool_timeout_s=0.2)
+    blockers = [asyncio.create_task(r.blpop(["never"], timeout=3)) for _ in range(2)]  # hold both connections
+    await wait_until(lambda: len(r.connection_pool._in_use_connections) == 2, 5, what="both connections held")
+    try:
+        await r.ping()
+    except streams.REDIS_ERRORS as e:
+        assert streams.pool_exhausted(e), repr(e)
+    else:
+        raise AssertionError("a third command got a connection from a pool of two")
+    await asyncio.gather(*blockers)
+    assert await r.ping()
+    await r.aclose()
+    down = streams.redis_client(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        await down.ping()
+    except streams.REDIS_ERRORS as e:
+        assert not streams.pool_exhausted(e), repr(e)
+    await down.aclose()
