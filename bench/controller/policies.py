@@ -48,6 +48,7 @@ def workflow(mode: ScalingMode, scenario: Scenario) -> AgentWorkflow:
             "steps": [
                 {
                     "name": STEP,
+                    "concurrency": 1,  # one message at a time per pod, as the simulator serves them
                     "scaling": {
                         "mode": mode.value,
                         "minReplicas": scenario.min_replicas,

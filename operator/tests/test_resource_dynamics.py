@@ -102,7 +102,9 @@ def test_panic_scales_up_at_once_holds_and_leaves_after_a_stable_window() -> Non
         short = 70.0 if 100 <= t < 130 else 1.0
         return Signals(arrival_rps=14.0, arrival_rps_short=short, service_time_s=0.1, queue_lag=0.0)
 
-    cfg = PolicyConfig(cooldown_up_s=600)  # panic ignores cooldown; ordinary scale-up would be blocked
+    cfg = PolicyConfig(
+        cooldown_up_s=600, target_utilization=0.7
+    )  # panic ignores cooldown; ordinary scale-up would be blocked
     times = [0.0, 100.0, 115.0, 130.0, 145.0, 185.0, 190.0, 400.0, 500.0]
     ds = run(signals, 2, times, cfg, scale_down_stabilization_s=0.0)
     by_t = dict(zip(times, ds, strict=True))
@@ -223,7 +225,7 @@ def test_feed_forward_fans_out_and_joins_take_the_max() -> None:
 
 def test_downstream_steps_scale_before_their_queues_build() -> None:
     # a's arrivals jump to 20/s; b, c and d still see 1/s and empty queues, but are sized for 20/s
-    out = decide(_diamond(20.0), {}, PolicyConfig())
+    out = decide(_diamond(20.0), {}, PolicyConfig(target_utilization=0.7))
     by = {d.target: d for d in out.decisions}
     for name in "bcd":
         assert by[f"step/{name}"].to_replicas == 3  # 20/s x 0.1 s / 0.7 = 2.9
@@ -236,7 +238,8 @@ def test_the_forecast_sizes_for_the_rate_one_cold_start_ahead() -> None:
     d = None
     for t in (0.0, 15.0, 30.0):  # 10, 40, 70 req/s: rising 2 req/s per second
         p = part(2, Signals(arrival_rps=10.0 + 2.0 * t, service_time_s=0.1, queue_lag=0.0), cold_start_s=30.0)
-        res = decide(WorkflowSnapshot("ns", "wf", t, 1.0, (p,)), state, PolicyConfig(max_up_pods=100))
+        cfg = PolicyConfig(max_up_pods=100, target_utilization=0.7)
+        res = decide(WorkflowSnapshot("ns", "wf", t, 1.0, (p,)), state, cfg)
         state, (d,) = res.state, res.decisions
     assert d is not None
     # 30 s ahead: 70 + 60 = 130 req/s x 0.1 s / 0.7 = 18.6 -> 19

@@ -1,7 +1,7 @@
 """The resource controller's sizing rules and damping, table-driven, with numbers checked by hand.
 
-Defaults (PolicyConfig): 70% target utilization, 10% tolerance, cooldowns 15 s up / 60 s down, at most
-max(4, +100%) up and max(1, -50%) down per cycle.
+Defaults (PolicyConfig): 85% target utilization (the sizing table pins 70%, its numbers worked by hand),
+10% tolerance, cooldowns 15 s up / 60 s down, at most max(4, +100%) up and max(1, -50%) down per cycle.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from agentscale.resource_controller.snapshot import (
 from agentscale.resource_controller.state import PartState
 
 QUEUE, SLO = ScalingMode.queue, ScalingMode.slo
-WIDE = PolicyConfig(max_up_pods=1000)  # sizing tests: no step limit in the way
+WIDE = PolicyConfig(max_up_pods=1000, target_utilization=0.7)  # sizing tests: no step limit in the way
 
 
 def step(replicas: int = 1, mode: ScalingMode = QUEUE, lo: int = 1, hi: int = 50, **kw: Any) -> Part:
@@ -95,16 +95,17 @@ RULES = [
         "x 0.3707 ms",
     ),
     (model(4, arrival_rps=7000), 1.0, 4, Rule.FailStatic, "queue time unknown"),
-    # slo: lambda = mu = 1 on 2 replicas: p95 3.82 s meets a 4 s budget; c = 1 cannot keep up
+    # slo, models (time in system): lambda = mu = 1 on 2 replicas: p95 3.82 s meets a 4 s budget; c = 1 cannot
+    # keep up (steps size waiting apart from service: test_rc_policy_tuning.py)
     (
-        step(1, SLO, queue_lag=0, arrival_rps=1, service_time_s=1, p95_latency_s=None),
+        model(1, SLO, arrival_rps=1, service_time_s=1, p95_latency_s=None),
         4.0,
         2,
         Rule.LatencyBudget,
         "needs 2",
     ),
     (
-        step(1, SLO, queue_lag=0, arrival_rps=1, service_time_s=1),
+        model(1, SLO, arrival_rps=1, service_time_s=1),
         3.8,
         3,
         Rule.LatencyBudget,
@@ -131,11 +132,12 @@ def test_sizing_rules(part: Part, budget: float, replicas: int, rule: Rule, frag
 
 
 def test_slo_is_corrected_by_observed_over_predicted_latency_clamped() -> None:
-    # at 2 replicas, lambda = mu = 1, M/M/2 predicts 3.8165 s. Observed twice that: aim at budget / 2.
-    base: dict[str, Any] = dict(queue_lag=0, arrival_rps=1.0, service_time_s=1.0)
-    plain = recommend(step(2, SLO, **base), PlannedRate(1.0, "measured"), 6.0, WIDE)
-    slow = recommend(step(2, SLO, p95_latency_s=7.633, **base), PlannedRate(1.0, "measured"), 6.0, WIDE)
-    far = recommend(step(2, SLO, p95_latency_s=100.0, **base), PlannedRate(1.0, "measured"), 6.0, WIDE)
+    # a model server (its p95 is time in system): at 2 replicas, lambda = mu = 1, M/M/2 predicts 3.8165 s.
+    # Observed twice that: aim at budget / 2.
+    base: dict[str, Any] = dict(arrival_rps=1.0, service_time_s=1.0)
+    plain = recommend(model(2, SLO, **base), PlannedRate(1.0, "measured"), 6.0, WIDE)
+    slow = recommend(model(2, SLO, p95_latency_s=7.633, **base), PlannedRate(1.0, "measured"), 6.0, WIDE)
+    far = recommend(model(2, SLO, p95_latency_s=100.0, **base), PlannedRate(1.0, "measured"), 6.0, WIDE)
     assert plain.replicas == 2
     assert slow.replicas == Q.replicas_for_quantile(1.0, 1.0, 3.0, 1, 50) and slow.replicas > 2
     assert "observed/model x2" in slow.reason

@@ -8,8 +8,9 @@ wake, which say so in the reason):
 2. fail static: a missing primary signal holds; any missing signal forbids a scale-down;
 3. panic: a short-window burst scales up at once to what it needs and forbids scale-down for a stable window;
 4. zero: minReplicas 0 parts go to zero after the idle window and back to at least one on any work;
-5. bounds; 6. scale-down stabilization (the window's highest recommendation); 7. tolerance band;
-8. cooldown; 9. step limits; 10. bounds again (the spec always wins).
+5. bounds; 6. scale-down stabilization (the window's highest recommendation; a count a backlog raised is
+   remembered there as what the rate alone needs, and as itself only for the shorter drain window);
+7. tolerance band; 8. cooldown; 9. step limits; 10. bounds again (the spec always wins).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from agentscale.resource_controller.budgets import budgets
 from agentscale.resource_controller.config import PolicyConfig
 from agentscale.resource_controller.forecast import PlannedRate, planned_rates
 from agentscale.resource_controller.rules import recommend
-from agentscale.resource_controller.snapshot import Decision, Part, Rule, WorkflowSnapshot, num
+from agentscale.resource_controller.snapshot import Bounds, Decision, Part, Rule, WorkflowSnapshot, num
 from agentscale.resource_controller.state import PartState, WorkflowState
 
 
@@ -60,9 +61,15 @@ class _Wanted:
     n: int
     rule: Rule
     why: str
+    steady: int | None = None
+    """What the rate alone needs when a backlog raised ``n`` (the rule's); cleared by any later rule."""
 
     def set(self, n: int, rule: Rule, why: str) -> None:
-        self.n, self.rule, self.why = n, rule, why
+        self.n, self.rule, self.why, self.steady = n, rule, why, None
+
+    def remembered(self, bounds: Bounds) -> int:
+        """What the stabilization window keeps: a drain's peak only as the steady need (within bounds)."""
+        return self.n if self.steady is None else min(self.n, bounds.clamp(self.steady))
 
 
 def decide_part(
@@ -70,7 +77,7 @@ def decide_part(
 ) -> tuple[Decision, PartState]:
     cur, lo, hi = part.replicas, part.bounds.lo, part.bounds.hi
     rec = recommend(part, rate, budget_s, cfg)
-    w = _Wanted(rec.replicas, rec.rule, rec.reason)
+    w = _Wanted(rec.replicas, rec.rule, rec.reason, rec.steady)
 
     # 2. fail static
     if rec.missing and w.n < cur and not rec.hold:
@@ -112,11 +119,16 @@ def decide_part(
 
     # 5. bounds
     if part.bounds.clamp(w.n) != w.n:
+        steady = w.steady
         w.set(part.bounds.clamp(w.n), Rule.Bounds, f"{w.why}, bounded to [{lo}, {hi}]")
-    history = S.remember(prev.history, now, w.n, cur, part.scale_down_stabilization_s)
+        w.steady = steady
+    window = part.scale_down_stabilization_s
+    history = S.remember(prev.history, now, w.remembered(part.bounds), cur, window)
+    peak = w.n if w.steady is not None else None
+    peaks = S.remember_peak(prev.drain_peaks, now, peak, min(cfg.drain_stabilization_s, window))
 
     if w.n < cur and not to_zero:
-        _damp_down(w, part, prev, history, panic, now, cfg)
+        _damp_down(w, part, prev, history, peaks, panic, now, cfg)
     elif w.n > cur:
         _damp_up(w, cur, prev, panic, wake, now, cfg)
 
@@ -128,6 +140,7 @@ def decide_part(
     decision = Decision(part.key, cur, to, w.rule, reason, rec.missing)
     after = PartState(
         history=history,
+        drain_peaks=peaks,
         last_change_at=now if to != cur else prev.last_change_at,
         panic_triggered_at=triggered_at,
         idle_since=idle_since,
@@ -141,6 +154,7 @@ def _damp_down(
     part: Part,
     prev: PartState,
     history: tuple[tuple[float, int], ...],
+    peaks: tuple[tuple[float, int], ...],
     panic: bool,
     now: float,
     cfg: PolicyConfig,
@@ -149,9 +163,13 @@ def _damp_down(
     if panic:
         w.set(cur, Rule.Panic, f"in panic, not scaling down ({w.why})")
         return
-    # 6. stabilization: the highest recommendation within the window
+    # 6. stabilization: the highest recommendation within the window (a drain's peak within its own)
     high = min(S.stabilized_down(history), cur)
-    if high > w.n:
+    peak = min(max((r for _, r in peaks), default=0), cur)
+    if peak > max(high, w.n):
+        window = num(min(cfg.drain_stabilization_s, part.scale_down_stabilization_s))
+        w.set(peak, Rule.Stabilization, f"highest backlog-driven count in {window} s is {peak} ({w.why})")
+    elif high > w.n:
         window = num(part.scale_down_stabilization_s)
         w.set(high, Rule.Stabilization, f"highest recommendation in {window} s is {high} ({w.why})")
     if w.n >= cur:

@@ -24,7 +24,8 @@ policy then refuses to scale down for one stabilization window: safe).
 
 Settings come from the environment (``LoopSettings.from_env``; docs/tuning.md lists them):
 AGENTSCALE_RC_ENABLED (1), AGENTSCALE_RC_CYCLE_SECONDS (15), AGENTSCALE_PROMETHEUS_URL (unset),
-AGENTSCALE_RC_NO_SERIES_GRACE_SECONDS (60), AGENTSCALE_METRICS_PORT (9090), and the lease's
+AGENTSCALE_RC_NO_SERIES_GRACE_SECONDS (60), AGENTSCALE_RC_POD_STARTUP_SECONDS (30, the policy's
+``startup_s``), AGENTSCALE_METRICS_PORT (9090), and the lease's
 (``LeaseConfig.from_env``).
 """
 
@@ -40,7 +41,7 @@ from typing import Any
 
 from aiohttp import web
 
-from agentscale.api.models import AgentWorkflow
+from agentscale.api.models import AgentWorkflow, Scaling
 from agentscale.cache import ClusterCache, Key
 from agentscale.kube import KubeClient
 from agentscale.render import labels as L
@@ -104,6 +105,7 @@ class LoopSettings:
                 env.get("AGENTSCALE_RC_NO_SERIES_GRACE_SECONDS") or cls.no_series_grace_s
             ),
             lease=LeaseConfig.from_env(env),
+            policy=PolicyConfig.from_env(env),
         )
 
 
@@ -123,24 +125,27 @@ def signals_for(reading: Reading | None, wf: AgentWorkflow) -> dict[str, Signals
 
 
 def snapshot_of(
-    wf: AgentWorkflow, replicas: Mapping[str, int], now: float, signals: Mapping[str, Signals] | None = None
+    wf: AgentWorkflow,
+    replicas: Mapping[str, int],
+    now: float,
+    signals: Mapping[str, Signals] | None = None,
+    startup_s: float = PolicyConfig.startup_s,
 ) -> WorkflowSnapshot:
     """One workflow as the policy sees it: every step and model with the replicas its Deployment carries
-    (``replicas`` by part key; a part without one counts its nominal replicas) and its signals (absent:
-    unknown)."""
-    signals = signals or {}
-    parts: list[Part] = []
-    for s in wf.spec.steps:
-        key = f"{PartKind.step}/{s.name}"
-        n = replicas.get(key, s.scaling.nominal_replicas())
+    (``replicas`` by part key; a part without one counts its nominal replicas), its signals (absent:
+    unknown), what one replica serves at once (:func:`slots_of`) and the pods' start-up delay."""
+    signals, slots = signals or {}, slots_of(wf)
+
+    def part(kind: PartKind, name: str, scaling: Scaling, **kw: Any) -> Part:
+        key = f"{kind}/{name}"
+        n = replicas.get(key, scaling.nominal_replicas())
         sig = signals.get(key, Signals())
-        parts.append(
-            Part.of(PartKind.step, s.name, s.scaling, n, signals=sig, next=tuple(s.next), model=s.model)
+        return Part.of(
+            kind, name, scaling, n, signals=sig, cold_start_s=startup_s, slots=max(1, slots[key]), **kw
         )
-    for m in wf.spec.models:
-        key = f"{PartKind.model}/{m.name}"
-        n = replicas.get(key, m.scaling.nominal_replicas())
-        parts.append(Part.of(PartKind.model, m.name, m.scaling, n, signals=signals.get(key, Signals())))
+
+    parts = [part(PartKind.step, s.name, s.scaling, next=tuple(s.next), model=s.model) for s in wf.spec.steps]
+    parts += [part(PartKind.model, m.name, m.scaling) for m in wf.spec.models]
     return WorkflowSnapshot(wf.namespace, wf.name, now, wf.spec.slo.p95LatencyMs / 1000.0, tuple(parts))
 
 
@@ -275,7 +280,7 @@ class ResourceController:
                     ready[f"{kind}/{p.name}"] = d.ready
                     targets[f"{kind}/{p.name}"] = Target(d.name, p.scaling)
         try:
-            snap = snapshot_of(wf, replicas, now, signals_for(reading, wf))
+            snap = snapshot_of(wf, replicas, now, signals_for(reading, wf), self.settings.policy.startup_s)
         except ValueError:
             return None  # a cycle in next: Degraded, reported by the workflow controller
         before = self.state.get(key, {})

@@ -3,7 +3,7 @@ out; rates in requests per second, times in seconds.
 
 M/M/c: Poisson arrivals at rate ``lam``, ``c`` replicas each serving at rate ``mu = 1 / service_s`` with
 exponential service times. Real GPU service times vary less than exponential, so the model overestimates
-waiting; the SLO policy corrects it online by the ratio of observed to predicted latency.
+waiting; the SLO policy corrects it online by the ratio of the observed service p95 to the exponential's.
 """
 
 from __future__ import annotations
@@ -102,6 +102,45 @@ def replicas_for_quantile(
         if sojourn_tail(target_s, c, lam, mu, _c_from_b(c, a, b)) <= 1.0 - q:
             return c
     return None
+
+
+def replicas_for_waiting(
+    lam: float, service_s: float, wait_s: float, lo: int, hi: int, q: float = 0.95
+) -> int | None:
+    """The fewest replicas in [max(lo, 1), hi] whose M/M/c waiting time exceeds ``wait_s`` with probability
+    at most ``1 - q`` (``P(W > t) = ErlangC x exp(-(c mu - lam) t)``); None when even ``hi`` cannot, or when
+    ``wait_s`` < 0 (the service alone is slower than the target). No arrivals: the lower bound (at least 1).
+    Textbook check: M/M/1 at rho 0.5 waits more than t with probability 0.5 exp(-(mu - lam) t)."""
+    first = max(lo, 1)
+    if lam <= 0:
+        return first if first <= hi else None
+    if wait_s < 0:
+        return None
+    mu = 1.0 / service_s
+    a = lam / mu
+    b = 1.0
+    for c in range(1, hi + 1):  # Erlang B carried forward, so the search is linear in c
+        b = a * b / (c + a * b)
+        if c < first or a >= c:
+            continue
+        if _c_from_b(c, a, b) * math.exp(-(c * mu - lam) * wait_s) <= 1.0 - q:
+            return c
+    return None
+
+
+def waiting_scale(k: float, q: float = 0.95) -> float:
+    """M/G/c waiting over M/M/c waiting, ``(1 + cs2) / 2`` (Allen-Cunneen), with the service time's squared
+    coefficient of variation ``cs2`` read off ``k`` = measured service quantile / the exponential's: 1 for
+    exponential service (``cs2`` 1), ``1 / -ln(1 - q)`` for constant service (``cs2`` 0), linear between and
+    beyond (a heavier tail than the exponential's waits longer)."""
+    constant = 1.0 / -math.log(1.0 - q)
+    cs2 = max(0.0, (k - constant) / (1.0 - constant))
+    return (1.0 + cs2) / 2.0
+
+
+def service_quantile(service_s: float, q: float = 0.95) -> float:
+    """The ``q`` quantile of one exponential service time of mean ``service_s`` (the model's service)."""
+    return -math.log(1.0 - q) * service_s
 
 
 def drain_rate(backlog: float, within_s: float) -> float:

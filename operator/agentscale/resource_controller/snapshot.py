@@ -105,12 +105,18 @@ class Part:
     target_queue_time_s: float = 0.020
     scale_down_stabilization_s: float = 120.0
     cold_start_s: float = 0.0
+    """Seconds from a scale-up to a ready replica (the loop's ``PolicyConfig.startup_s``)."""
+    slots: int = 1
+    """What one replica serves at once (a step's ``concurrency``): a message's own service time is
+    ``service_time_s() x slots``."""
 
     def __post_init__(self) -> None:
         if self.replicas < 0:
             raise ValueError(f"{self.key}: replicas must be >= 0, got {self.replicas}")
         if self.target_queue_lag_per_replica <= 0 or self.target_queue_time_s <= 0:
             raise ValueError(f"{self.key}: queue targets must be > 0")
+        if self.cold_start_s < 0 or self.slots < 1:
+            raise ValueError(f"{self.key}: cold_start_s must be >= 0 and slots >= 1")
 
     @classmethod
     def of(cls, kind: PartKind, name: str, scaling: Scaling, replicas: int, **kwargs: object) -> Part:

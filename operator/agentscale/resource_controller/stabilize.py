@@ -38,10 +38,11 @@ def panic_until(triggered_at: float | None, cfg: PolicyConfig) -> float | None:
 
 # -- scale to zero and back --------------------------------------------------------------------------------
 def work_signals(part: Part) -> tuple[float | None, ...]:
-    """The signals that say whether work is arriving or waiting (lag only for steps)."""
+    """The signals that say whether work is arriving or waiting: the arrival rates, and what waits (a step's
+    lag; a model server's queue time, 0 when it served nothing)."""
     s = part.signals
-    lag = s.queue_lag if part.kind == PartKind.step else 0.0
-    return (s.arrival_rps, lag, s.arrival_rps_short)
+    waiting = s.queue_lag if part.kind == PartKind.step else s.queue_time_s
+    return (s.arrival_rps, waiting, s.arrival_rps_short)
 
 
 def has_work(part: Part) -> bool:
@@ -50,7 +51,7 @@ def has_work(part: Part) -> bool:
 
 
 def idle(part: Part) -> bool | None:
-    """No arrivals and (steps) no lag; None when the stable rate or the lag is unknown."""
+    """No arrivals and nothing waiting; None when the stable rate or what waits is unknown."""
     rate, lag, short = work_signals(part)
     if rate is None or lag is None:
         return None
@@ -82,6 +83,14 @@ def remember(
 def stabilized_down(history: tuple[tuple[float, int], ...]) -> int:
     """The highest recommendation in the window: scale-down goes no lower."""
     return max(r for _, r in history)
+
+
+def remember_peak(
+    peaks: tuple[tuple[float, int], ...], now: float, peak: int | None, window_s: float
+) -> tuple[tuple[float, int], ...]:
+    """The drain peaks within ``window_s``, with ``peak`` (a count a backlog raised) added when not None."""
+    kept = tuple((t, r) for t, r in peaks if now - window_s <= t <= now)
+    return kept if peak is None or window_s <= 0 else (*kept, (now, peak))
 
 
 # -- tolerance, cooldown, step limits ----------------------------------------------------------------------

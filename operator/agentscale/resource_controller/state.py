@@ -14,6 +14,8 @@ from agentscale.resource_controller.forecast import HoltState
 class PartState:
     history: tuple[tuple[float, int], ...] = ()
     """(time, recommendation) over the scale-down stabilization window, oldest first."""
+    drain_peaks: tuple[tuple[float, int], ...] = ()
+    """(time, count) a backlog raised, over ``drain_stabilization_s``, oldest first."""
     last_change_at: float | None = None
     """When the policy last changed this part's replicas (cooldowns)."""
     panic_triggered_at: float | None = None
