@@ -227,16 +227,17 @@ class Gateway:
         cap = capacity(rate, g.p95_latency_ms, share, self.min_backlog, g.target_rps)
         fair = fair_share(cap, self.clients.active(client))
         over = self.clients.most_held_by_others(client) > fair
-        decision = admit_client(decision, self.clients.holds(client), fair, over, self._backlog, cap, rate)
+        held = self.clients.holds(client)
+        decision = admit_client(decision, held, fair, over, self._backlog, cap, rate)
         if not decision.admit:
             metrics.GATEWAY_SHED.labels(*self.wf_labels, str(req.priority)).inc()
-            return self._error(
-                route,
-                429,
-                f"overloaded: estimated queueing {decision.estimated_ms:.0f} ms exceeds the "
-                f"{g.p95_latency_ms} ms p95 objective, or this client holds its fair share ({fair} runs)",
-                retry_after=decision.retry_after_s,
+            why = (
+                f"this client holds its fair share of the queue ({held} of {fair} runs)"
+                if held >= fair
+                else f"estimated queueing {decision.estimated_ms:.0f} ms exceeds the {g.p95_latency_ms} ms "
+                "p95 objective"
             )
+            return self._error(route, 429, f"overloaded: {why}", retry_after=decision.retry_after_s)
         run_id = req.run_id or uuid.uuid4().hex
         if not self.clients.add(client, run_id, time.monotonic()):
             return self._error(route, 409, f"run {run_id} already exists", run_id=run_id)
@@ -263,6 +264,7 @@ class Gateway:
         req, run_id = accepted
         started = time.monotonic()
         if run_id in self._waiters:  # another sync call of this gateway waits on this id: it keeps it
+            self.clients.release(run_id)  # (its run finished, so this call's booking is the one held)
             return self._error(route, 409, f"run {run_id} already exists", run_id=run_id)
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiters[run_id] = fut
