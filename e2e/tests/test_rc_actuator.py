@@ -2,8 +2,9 @@
 
 A queue-mode step whose Deployment someone scales below its minimum is brought back into bounds by the
 resource controller (its own field manager in managedFields, a Scaled Event, status.lastScalingDecision);
-an hpa-mode step of the same workflow is never written by it. Prometheus signals are not wired yet, so the
-controller only clamps (fail static): docs/architecture.md, "Resource controller".
+an hpa-mode step of the same workflow is never written by it. The operator here runs without
+``AGENTSCALE_PROMETHEUS_URL``, so the controller reads no signals and only clamps (fail static):
+docs/architecture.md, "Resource controller"; ``test_rc_signals.py`` runs it against a real Prometheus.
 """
 
 from __future__ import annotations
