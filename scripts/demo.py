@@ -154,6 +154,8 @@ def rendered_processes(redis: RedisServer, triton: TritonServer) -> list[Proc]:
             env["AGENTSCALE_TRITON_HOST"] = "127.0.0.1"
             env["AGENTSCALE_TRITON_GRPC_PORT"] = str(triton.grpc_port)
         if component == "gateway":
+            # The cluster's pods mount the tokens Secret there; this local demo gateway runs open instead.
+            env.pop("AGENTSCALE_GATEWAY_TOKENS_DIR", None)
             procs.append(Proc("gateway", ["gateway"], env, port, replicas))
         else:
             step = labels["agentscale.io/step"]
@@ -211,7 +213,8 @@ def main() -> int:
             where = gateway_url if p.name == "gateway" else f"handler {p.args[-1]}"
             say(f"{p.name:<14} {where}  metrics :{p.metrics_port}  ({p.replicas} in cluster, 1 here)")
         say("env from the operator's Deployments; replaced: AGENTSCALE_REDIS_URL, AGENTSCALE_TRITON_HOST/")
-        say("_GRPC_PORT/_HTTP_PORT (loopback), AGENTSCALE_METRICS_PORT (one port per local process)")
+        say("_GRPC_PORT/_HTTP_PORT (loopback), AGENTSCALE_METRICS_PORT (one port per local process);")
+        say("dropped: AGENTSCALE_GATEWAY_TOKENS_DIR (no Secret mounted here: the local gateway runs open)")
         body = json.dumps({"input": {"query": "wireless noise cancelling headphones"}}).encode()
         req = urllib.request.Request(
             gateway_url + "/v1/runs/sync", data=body, headers={"Content-Type": "application/json"}

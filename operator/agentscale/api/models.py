@@ -19,7 +19,7 @@ from pydantic_core import PydanticCustomError
 from agentscale.api.base import Advice, cel, dns_label_example
 from agentscale.api.base import Model as _Model
 from agentscale.api.placement import Placement
-from agentscale.api.pods import NetworkPolicySpec, ServiceAccountSpec
+from agentscale.api.pods import GatewayAuth, NetworkPolicySpec, ServiceAccountSpec
 
 GROUP = "agentscale.io"
 VERSION = "v1alpha1"
@@ -686,6 +686,22 @@ class Gateway(_Model):
             "win; tolerations are added)."
         ),
     )
+    auth: GatewayAuth = Field(
+        default_factory=GatewayAuth,
+        description=(
+            "Bearer tokens for the gateway's clients, from a Secret (on by default; see docs/security.md)."
+        ),
+    )
+    maxBodyBytes: int | None = Field(
+        None,
+        ge=1024,
+        le=256 << 20,
+        description=(
+            "Largest request body the gateway reads, per POST (a larger one is refused with 413 before it "
+            "is read). Unset: the gateway's default, 1 MiB. Raise it for runs with large inputs, and the "
+            "gateway's memory limit with it."
+        ),
+    )
     probeTimeoutSeconds: int = _probe_timeout()
     tmpSizeLimit: Quantity = _tmp_size_limit()
     podAnnotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
@@ -693,6 +709,12 @@ class Gateway(_Model):
         max_length=64,
         description="Extra annotations on every pod (sidecar injection, cost tags, test usage).",
     )
+
+    def tokens_secret(self, workflow: str) -> str | None:
+        """The Secret the gateway's tokens come from; None when authentication is off."""
+        if not self.auth.enabled:
+            return None
+        return self.auth.tokensSecret or f"{workflow}-{GATEWAY_PART}-tokens"
 
 
 # --------------------------------------------------------------------------------------------- the spec

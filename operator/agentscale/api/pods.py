@@ -1,4 +1,5 @@
-"""What the workflow's pods run as and may reach: their ServiceAccount and the workflow's NetworkPolicy.
+"""What the workflow's pods run as and may reach: their ServiceAccount, the workflow's NetworkPolicy, and who
+may call the gateway (its bearer tokens).
 
 Both default to the least a workflow needs (no API token, traffic only inside the workflow except the
 gateway's door); each field says what turning it up allows. The renderer reads these in
@@ -104,5 +105,36 @@ class NetworkPolicySpec(Model):
             "More NetworkPolicyEgressRules ({to, ports}) for every pod of the workflow, for steps that call "
             "services outside it (an LLM API, a database). Without one, the pods reach only DNS, Redis and "
             "the workflow's model servers."
+        ),
+    )
+
+
+class GatewayAuth(Model):
+    """Bearer-token authentication of the gateway: every route but /healthz, /readyz and /openapi.json needs
+    ``Authorization: Bearer <token>``."""
+
+    enabled: bool = Field(
+        True,
+        description=(
+            "Require a bearer token. Off: anyone who reaches the gateway can submit runs and read any run's "
+            "result; only for a network where every client is trusted (the gateway logs a warning at start)."
+        ),
+    )
+    tokensSecret: (
+        Annotated[
+            str,
+            StringConstraints(min_length=1, max_length=253),
+            Advice(DNS_SUBDOMAIN, DNS_SUBDOMAIN_ADVICE, dns_label_example),
+        ]
+        | None
+    ) = Field(
+        None,
+        description=(
+            "The Secret in the workflow's namespace holding the tokens: each key is one client (its name "
+            "in logs and for the fair share), each value one token of at least 16 characters (shorter ones "
+            "are ignored). Mounted into the gateway pods, which re-read it every 5 s, so tokens rotate by "
+            "adding a key and later removing the old one. The operator never reads or creates it: create "
+            "it yourself (kubectl create secret generic <name> --from-literal=<client>=<token>); until it "
+            "exists the gateway pods cannot start. Omit: <workflow>-gateway-tokens."
         ),
     )

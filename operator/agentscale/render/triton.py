@@ -195,7 +195,8 @@ def deployment(wf: AgentWorkflow, model: ModelServer) -> dict[str, Any]:
 
 
 def service(wf: AgentWorkflow, model: ModelServer) -> dict[str, Any]:
-    """Headless, so step workers see every replica and balance across them themselves."""
+    """Headless, so step workers see every replica and balance across them themselves. HTTP and gRPC only:
+    metrics are scraped from the pods' ``metrics`` port (the chart's PodMonitor), not through the Service."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -211,7 +212,6 @@ def service(wf: AgentWorkflow, model: ModelServer) -> dict[str, Any]:
             "ports": [
                 {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
                 {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
-                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
             ],
         },
     }

@@ -1,4 +1,11 @@
-"""Step worker and gateway Deployments (and the gateway Service)."""
+"""Step worker and gateway Deployments (and the gateway Service).
+
+The gateway's bearer tokens come from a Secret the user creates (the operator has no access to Secrets): it is
+mounted read-only at ``TOKENS_DIR``, one file per key, without subPath, so the kubelet refreshes rotated keys
+in place and the gateway, which re-reads the directory every 5 s, picks them up without a restart. A missing
+Secret keeps the gateway pods in ContainerCreating (the kubelet's FailedMount event; ``pending.py`` reads
+it as ``GatewayTokensMissing``). The client Service carries the HTTP port only: metrics are scraped from
+the pods (the chart's PodMonitor), not through it."""
 
 from __future__ import annotations
 
@@ -12,6 +19,9 @@ from agentscale.render import pods
 
 METRICS_PORT = 9090
 GATEWAY_PORT = 8080
+TOKENS_VOLUME = "gateway-tokens"
+TOKENS_DIR = "/var/run/agentscale/gateway-tokens"
+TOKENS_MODE = 0o440  # owner root, group the pod's fsGroup (10001): the gateway reads, nobody else
 WORKER_DEFAULT_REQUESTS = {"cpu": "100m", "memory": "128Mi"}
 WORKER_DEFAULT_MEMORY_LIMIT = "1Gi"
 
@@ -182,27 +192,46 @@ def step_deployment(wf: AgentWorkflow, step: Step) -> dict[str, Any]:
     )
 
 
+def gateway_env(wf: AgentWorkflow) -> list[dict[str, Any]]:
+    gw = wf.spec.gateway
+    env = common_env(wf)
+    if gw.validator:
+        env.append({"name": "AGENTSCALE_VALIDATOR", "value": gw.validator})
+    if gw.tokens_secret(wf.name):
+        env.append({"name": "AGENTSCALE_GATEWAY_TOKENS_DIR", "value": TOKENS_DIR})
+    if gw.maxBodyBytes is not None:
+        env.append({"name": "AGENTSCALE_GATEWAY_MAX_BODY_BYTES", "value": str(gw.maxBodyBytes)})
+    return env
+
+
 def gateway_deployment(wf: AgentWorkflow) -> dict[str, Any]:
     gw = wf.spec.gateway
+    secret = gw.tokens_secret(wf.name)
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    if secret:
+        mounts.append({"name": TOKENS_VOLUME, "mountPath": TOKENS_DIR, "readOnly": True})
     container: dict[str, Any] = {
         "name": "gateway",
         "image": gw.image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["agentscale-worker", "gateway"],
-        "env": common_env(wf)
-        + ([{"name": "AGENTSCALE_VALIDATOR", "value": gw.validator}] if gw.validator else []),
+        "env": gateway_env(wf),
         "ports": [
             {"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
         "resources": pods.resources(gw.resources, None, WORKER_DEFAULT_REQUESTS, WORKER_DEFAULT_MEMORY_LIMIT),
         "securityContext": dict(pods.CONTAINER_SECURITY),
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": mounts,
         **_probes("http", "/readyz", gw.probeTimeoutSeconds),
     }
     template = _pod_template(
         wf, L.GATEWAY, None, container, None, 30, gw.podAnnotations, gw.tmpSizeLimit, gw.placement
     )
+    if secret:
+        template["spec"]["volumes"].append(
+            {"name": TOKENS_VOLUME, "secret": {"secretName": secret, "defaultMode": TOKENS_MODE}}
+        )
     return _deployment(wf, L.child_name(wf, "gateway"), L.GATEWAY, None, gw.replicas, template, None)
 
 
@@ -220,7 +249,6 @@ def gateway_service(wf: AgentWorkflow) -> dict[str, Any]:
             "selector": L.selector_labels(wf, L.GATEWAY),
             "ports": [
                 {"name": "http", "port": GATEWAY_PORT, "targetPort": "http", "protocol": "TCP"},
-                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
             ],
         },
     }
