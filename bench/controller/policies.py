@@ -22,7 +22,6 @@ Each has ``name``, ``period_s`` (how often it acts) and ``decide(now, current, r
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -74,8 +73,6 @@ class Controller:
     """Rule -> cycles it set the number (changes and holds)."""
     changes: list[tuple[int, int, int, str]] = field(default_factory=list)
     """(time, from, to, reason) of every change."""
-    cold_start_s: float = 0.0
-    """What-if only: a ``Part.cold_start_s`` the loop does not pass today (``snapshot_of`` leaves it 0)."""
 
     def __post_init__(self) -> None:
         self.wf = workflow(self.mode, self.scenario)
@@ -95,10 +92,10 @@ class Controller:
         )
 
     def decide(self, now: int, current: int, ready: int, view: View) -> int:
-        snap = snapshot_of(self.wf, {KEY: current}, float(now), {KEY: self.signals(now, view)})
-        if self.cold_start_s:
-            parts = tuple(dataclasses.replace(p, cold_start_s=self.cold_start_s) for p in snap.parts)
-            snap = dataclasses.replace(snap, parts=parts)
+        # the operator is told the pods' start-up (AGENTSCALE_RC_POD_STARTUP_SECONDS): the scenario's
+        snap = snapshot_of(
+            self.wf, {KEY: current}, float(now), {KEY: self.signals(now, view)}, self.scenario.startup_s
+        )
         outcome = decide(snap, self.state, self.config)
         self.state = dict(outcome.state)
         (d,) = outcome.decisions
