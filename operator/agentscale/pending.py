@@ -1,5 +1,7 @@
-"""Pods the scheduler could not place: what they ask for, the scheduler's reasons in its own words, and the
-messages status shows for them (``GPUCapacityShort`` for GPUs, ``Unschedulable`` for the rest). Pure."""
+"""Pods that wait: those the scheduler could not place (what they ask for, the scheduler's reasons in its own
+words, and the messages status shows for them: ``GPUCapacityShort`` for GPUs, ``Unschedulable`` for the rest),
+and gateway pods the kubelet cannot start because the tokens Secret does not exist (``GatewayTokensMissing``,
+read from the kubelet's FailedMount Events, the only place that names the Secret). Pure."""
 
 from __future__ import annotations
 
@@ -345,3 +347,70 @@ def unschedulable(pending: Iterable[PendingPod]) -> tuple[str, str]:
         advice = v.blocker.advice.format(resource=v.resource)
         texts.append(f"{who}: {what}. Scheduler: {v.summary} {advice}")
     return ranked[0], f"{_plural(len(blocked), 'pod')} cannot be scheduled: {' '.join(texts)}"
+
+
+# ---------------------------------------------------------------------------- pods that cannot mount a Secret
+
+# The kubelet's words when a pod's secret volume names a Secret that does not exist (volume manager,
+# operation_generator: "MountVolume.SetUp failed for volume %q : %v", the secret plugin's NotFound error). The
+# pod stays Pending in ContainerCreating and its status says nothing more; only this Warning Event names the
+# Secret, repeated with backoff while the pod waits.
+_SECRET_NOT_FOUND = re.compile(
+    r'MountVolume\.SetUp failed for volume "(?P<volume>[^"]+)" : secret "(?P<secret>[^"]+)" not found'
+)
+GATEWAY_TOKENS_MISSING = "GatewayTokensMissing"
+
+
+@dataclass(frozen=True)
+class MissingSecret:
+    """A pod that cannot start because a Secret its volume names does not exist (from a FailedMount Event)."""
+
+    namespace: str
+    pod: str
+    volume: str
+    secret: str
+    message: str
+
+
+def missing_secret(event: Mapping[str, Any]) -> MissingSecret | None:
+    """The FailedMount Event of a pod whose secret volume names a missing Secret, or None for any other."""
+    involved = event.get("involvedObject") or {}
+    if event.get("reason") != "FailedMount" or involved.get("kind") != "Pod":
+        return None
+    message = " ".join(str(event.get("message") or "").split())
+    m = _SECRET_NOT_FOUND.search(message)
+    if not m:
+        return None
+    namespace = str(involved.get("namespace") or (event.get("metadata") or {}).get("namespace") or "")
+    return MissingSecret(namespace, str(involved.get("name") or ""), m["volume"], m["secret"], message)
+
+
+def gateway_tokens_missing(
+    namespace: str, workflow: str, secret: str | None, volume: str, found: Iterable[MissingSecret]
+) -> str:
+    """The ``GatewayTokensMissing`` message for the workflow's gateway pods waiting for the tokens Secret
+    ``secret`` (mounted as ``volume``), or "" when none is (or authentication is off: ``secret`` None)."""
+    if not secret:
+        return ""
+    # <workflow>-gateway-<pod-template-hash>-<suffix>: not the gateway of a workflow named <workflow>-gateway
+    pod_name = re.compile(re.escape(f"{workflow}-{L.GATEWAY}-") + r"[a-z0-9]+-[a-z0-9]+$")
+    pods = sorted(
+        {
+            f.pod
+            for f in found
+            if f.namespace == namespace
+            and f.secret == secret
+            and f.volume == volume
+            and pod_name.match(f.pod)
+        }
+    )
+    if not pods:
+        return ""
+    return (
+        f"{_plural(len(pods), 'gateway pod')} cannot start: the Secret '{secret}' with the gateway's bearer "
+        f"tokens does not exist in namespace '{namespace}' (the operator cannot create or read Secrets). "
+        f"Create it, one key per client and a token of at least 16 characters each: kubectl -n {namespace} "
+        f"create secret generic {secret} --from-literal=client1=$(openssl rand -hex 32); or name another "
+        "Secret in spec.gateway.auth.tokensSecret, or set spec.gateway.auth.enabled: false on a network "
+        f'where every client is trusted. Kubelet ({pods[0]}): secret "{secret}" not found.'
+    )

@@ -18,9 +18,20 @@ from agentscale.api.models import (
     ReplicaStatus,
     Scaling,
 )
-from agentscale.pending import PendingPod, gpu_short_message, labels_of, part_of, pending_pod, unschedulable
+from agentscale.pending import (
+    GATEWAY_TOKENS_MISSING,
+    MissingSecret,
+    PendingPod,
+    gateway_tokens_missing,
+    gpu_short_message,
+    labels_of,
+    part_of,
+    pending_pod,
+    unschedulable,
+)
 from agentscale.render import labels as L
 from agentscale.render import workflow_gpus
+from agentscale.render.workers import TOKENS_VOLUME
 
 __all__ = [
     "ANNOUNCED_CONDITIONS",
@@ -94,6 +105,8 @@ class Observed:
     apply_error: str = ""
     deployments: list[DeploymentSummary] = field(default_factory=list)
     pending: list[PendingPod] = field(default_factory=list)
+    # pods of the namespace waiting for a Secret that does not exist (kubelet FailedMount Events)
+    missing_secrets: list[MissingSecret] = field(default_factory=list)
     previous: Mapping[str, Any] = field(default_factory=dict)  # the status as it is now
     # The status as the watch last saw it, when the caller has it: the resource controller's conditions in
     # it are kept in the list written (a JSON merge patch replaces a list whole).
@@ -229,10 +242,20 @@ def build_status(obs: Observed) -> AgentWorkflowStatus:
     stuck = sorted(d.name for d in obs.deployments if d.deadline_exceeded)
     gpu_msg = gpu_short_message(obs.pending)
     unsched_reason, unsched_msg = unschedulable(obs.pending)
+    # The kubelet's FailedMount Events outlive the wait (an hour), so they count only while the gateway's
+    # Deployment is short of ready pods: once the Secret exists and the pods start, the reason clears.
+    gw, gw_dep = wf.spec.gateway, by_part.get((L.GATEWAY, ""))
+    tokens_msg = ""
+    if gw.enabled and gw_dep is not None and not gw_dep.settled:
+        tokens_msg = gateway_tokens_missing(
+            wf.namespace, wf.name, gw.tokens_secret(wf.name), TOKENS_VOLUME, obs.missing_secrets
+        )
 
     degraded_reason, degraded_msg = "AsExpected", ""
     if obs.apply_error:
         degraded_reason, degraded_msg = "ApplyFailed", obs.apply_error
+    elif tokens_msg:
+        degraded_reason, degraded_msg = GATEWAY_TOKENS_MISSING, tokens_msg
     elif stuck:
         degraded_reason = "ProgressDeadlineExceeded"
         degraded_msg = f"Deployments not progressing: {', '.join(stuck)}"
@@ -258,6 +281,8 @@ def build_status(obs: Observed) -> AgentWorkflowStatus:
         ready = (False, unsched_reason, unsched_msg)
     elif obs.apply_error:
         ready = (False, "ApplyFailed", obs.apply_error)
+    elif tokens_msg:
+        ready = (False, GATEWAY_TOKENS_MISSING, tokens_msg)
     elif missing or unsettled:
         ready = (False, "ReplicasNotReady", f"Not ready yet: {', '.join(missing + unsettled)}.")
     else:

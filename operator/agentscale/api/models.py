@@ -817,12 +817,14 @@ CONDITIONS: dict[str, str] = {
     "Ready": (
         "Every step, model and the gateway has its desired replicas updated and ready. When False, the "
         "reason is the most pressing cause: GPUCapacityShort, the reason of Unschedulable (e.g. "
-        "InsufficientCPU), ApplyFailed, InvalidSpec or ReplicasNotReady."
+        "InsufficientCPU), ApplyFailed, GatewayTokensMissing, InvalidSpec or ReplicasNotReady."
     ),
     "Progressing": "A child is missing, rolling out, or waiting for replicas.",
     "Degraded": (
         "The spec is invalid (InvalidSpec; the message names the field or the cycle), the API server "
-        "rejected an object (ApplyFailed), or a Deployment exceeded its progress deadline."
+        "rejected an object (ApplyFailed), the gateway's pods cannot start because the Secret with its "
+        "bearer tokens does not exist (GatewayTokensMissing; the message has the kubectl command that "
+        "creates it), or a Deployment exceeded its progress deadline."
     ),
     "GPUCapacityShort": (
         "Pods cannot be scheduled for lack of nvidia.com/gpu or MIG slices (reason InsufficientGPU); the "
