@@ -111,13 +111,16 @@ IMAGES: dict[str, Image] = {
                 "images/tritonserver.sh",
             ),
             base="python",
-            build_args={"PYTRITON_VERSION": "0.7.0"},
+            build_args={"PYTRITON_VERSION": "0.7.0", "NUMPY_SPEC": "numpy>=1.26,<2"},
         ),
         Image("redis", f"docker.io/agentscale/redis:{VERSION}", "redis.Dockerfile", base="debian"),
+        Image(
+            "prometheus", f"docker.io/agentscale/prometheus:{VERSION}", "prometheus.Dockerfile", base="debian"
+        ),
     )
 }
-SHIPPED = ("operator", "worker", "triton", "redis")
-"""The images pods run (the other two are build bases only)."""
+SHIPPED = ("operator", "worker", "triton", "redis", "prometheus")
+"""The images pods run (the other two are build bases only; prometheus is the e2e suite's closed loop's)."""
 
 
 def log(msg: str) -> None:

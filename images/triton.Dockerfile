@@ -14,6 +14,10 @@ ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS build
 ARG PYTRITON_VERSION=0.7.0
+# The wheel's Triton (2.51) Python backend answered with empty output tensors when the models ran numpy 2.4
+# (seen in the e2e data-plane test: "cannot reshape array of size 0" at the client); numpy 1.26 works, as in
+# the development environment.
+ARG NUMPY_SPEC="numpy>=1.26,<2"
 WORKDIR /src
 COPY workloads/pyproject.toml ./
 COPY workloads/agentscale_worker/ agentscale_worker/
@@ -23,7 +27,7 @@ RUN --mount=type=secret,id=pipcert \
  && python3 -m venv /opt/agentscale \
  && pip() { /opt/agentscale/bin/pip --disable-pip-version-check --no-cache-dir "$@"; } \
  && pip install --no-deps "nvidia-pytriton==${PYTRITON_VERSION}" \
- && pip install "numpy>=1.26,<3" \
+ && pip install "${NUMPY_SPEC}" \
  && pip install --no-deps . \
  && site="$(/opt/agentscale/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
  && ver="$(/opt/agentscale/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \

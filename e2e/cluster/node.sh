@@ -5,6 +5,7 @@
 #   e2e/cluster/node.sh down     # stop it and remove everything it made; down.sh runs it
 #   e2e/cluster/node.sh status   # is it running (exit 0) or not (exit 1)
 #   e2e/cluster/node.sh check-clean   # exit 1 (and say what) if anything of this node is left on the machine
+#   e2e/cluster/node.sh load-images   # build the project's images that changed and import them into the node
 #
 # The node is a network namespace of its own ("agentscale-<id>"), so several clusters on one machine (one per
 # engineer or checkout) each get a real node without sharing anything machine-wide: containerd (its own
@@ -630,12 +631,16 @@ case "${1:-}" in
   down) down ;;
   status) status ;;
   check-clean) check_clean ;;
+  load-images) # build what changed and import it (the e2e operator fixture runs this before installing)
+    status || die "real node $NODE_NAME is not running"
+    load_project_images
+    ;;
   env) # for tests: the node's names
     printf 'NODE_NAME=%s\nNODE_DIR=%s\nNETNS=%s\nCGROUP=%s\nHOST_VETH=%s\nNETNAME=%s\nBUSYBOX_IMAGE=%s\nPOD_CIDR=%s\n' \
       "$NODE_NAME" "$NODE_DIR" "$NETNS" "$CGROUP" "$HOST_VETH" "$NETNAME" "$BUSYBOX_IMAGE" "$POD_CIDR"
     ;;
   *)
-    echo "usage: $0 up|down|status|check-clean|env" >&2
+    echo "usage: $0 up|down|status|check-clean|load-images|env" >&2
     exit 2
     ;;
 esac

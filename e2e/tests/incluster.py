@@ -69,10 +69,26 @@ class InClusterOperator:
                 {"key": REAL_LABEL, "operator": "Equal", "value": "true", "effect": "NoSchedule"}
             ],
             "podAnnotations": {"agentscale.io/image-key": image_key("operator")},
+            # The chart's optional Redis, which the examples' redisUrl names, on the real node too.
+            "redis": {
+                "enabled": True,
+                "image": {"repository": "agentscale/redis", "tag": "0.1.0", "pullPolicy": "IfNotPresent"},
+                "nodeSelector": {REAL_LABEL: "true"},
+                "tolerations": [
+                    {"key": REAL_LABEL, "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+                ],
+            },
             **self.extra_values,
         }
 
     def install(self) -> None:
+        # The images this checkout builds, in the node's containerd (rebuilt and imported when changed since
+        # up.sh), so the key the pods are annotated with is the image they run.
+        subprocess.run(
+            ["bash", str(REPO / "e2e" / "cluster" / "node.sh"), "load-images"],
+            check=True,
+            timeout=1800,
+        )
         self.kubectl.apply(
             {
                 "apiVersion": "v1",

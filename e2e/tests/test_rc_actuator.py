@@ -99,6 +99,8 @@ def test_queue_mode_below_min_is_brought_back_and_hpa_mode_is_never_written(
 
 
 def test_the_operator_holds_the_resource_controller_lease(kubectl: Any, operator: Any) -> None:
-    # Local e2e operator: no AGENTSCALE_NAMESPACE/POD_NAMESPACE and no service account file -> "default".
-    spec = kubectl.json("-n", operator.lease_namespace, "get", "lease", "agentscale-resource-controller")["spec"]
+    # In-cluster (the chart): the release namespace; a local process: "default" (no POD_NAMESPACE, no
+    # service account file).
+    lease = kubectl.json("-n", operator.lease_namespace, "get", "lease", "agentscale-resource-controller")
+    spec = lease["spec"]
     assert spec["holderIdentity"] and spec["leaseDurationSeconds"] == 15

@@ -91,6 +91,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.verbose:
         # One line per handled event is noise at a thousand workflows; keep warnings and errors.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        # Nor one line per health probe (two replicas x two probes every 10 s).
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     asyncio.run(
         kopf.operator(
             clusterwide=not namespaces,
