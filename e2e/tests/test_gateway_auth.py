@@ -115,3 +115,55 @@ def test_auth_can_be_turned_off_and_bad_fields_are_refused(
         proc = kubectl.run("-n", namespace, "apply", "-f", "-", input=json.dumps(bad))
         assert proc.returncode != 0 and field in proc.stderr, proc.stderr
     assert get_wf(kubectl, namespace, "open")["spec"]["gateway"]["auth"]["tokensSecret"] == "clients"
+
+
+def test_a_missing_secret_reported_by_the_kubelet_is_in_status(
+    kubectl: Any, operator: Any, namespace: str, wait_for: Any
+) -> None:
+    """The operator's watch of FailedMount Events, through a real API server. kwok runs pods without their
+    Secret, so the test keeps the gateway pod from starting (a node selector nothing matches) and posts the
+    Event the kubelet posts for a missing secret volume."""
+    doc = workflow("shop", [{"name": "a"}])
+    doc["spec"]["gateway"] = {"placement": {"nodeSelector": {"agentscale.io/pool": "nowhere"}}}
+    kubectl.apply(doc, namespace=namespace)
+    pod = wait_for(
+        lambda: kubectl.json("-n", namespace, "get", "pods", "-l", "agentscale.io/component=gateway")[
+            "items"
+        ],
+        timeout=60,
+        message="gateway pod",
+    )[0]["metadata"]["name"]
+    kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{pod}.failedmount"},
+            "involvedObject": {"kind": "Pod", "namespace": namespace, "name": pod, "apiVersion": "v1"},
+            "reason": "FailedMount",
+            "message": 'MountVolume.SetUp failed for volume "gateway-tokens" : secret "shop-gateway-tokens" '
+            "not found",
+            "source": {"component": "kubelet", "host": "node-1"},
+            "type": "Warning",
+        },
+        namespace=namespace,
+    )
+    wf = wait_condition(kubectl, wait_for, namespace, "shop", "Degraded", "True")
+    degraded = next(c for c in wf["status"]["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "GatewayTokensMissing", degraded
+    assert f"kubectl -n {namespace} create secret generic shop-gateway-tokens" in degraded["message"]
+    warnings = kubectl.json(
+        "-n",
+        namespace,
+        "get",
+        "events",
+        "--field-selector",
+        "reason=GatewayTokensMissing,involvedObject.name=shop",
+    )["items"]
+    assert warnings and warnings[0]["type"] == "Warning"
+
+    # The pod starts (here: the placement goes; on a real node: the Secret is created): the reason clears
+    # although the kubelet's Event stays.
+    doc["spec"]["gateway"] = {}
+    kubectl.apply(doc, namespace=namespace)
+    wait_condition(kubectl, wait_for, namespace, "shop", "Degraded", "False")
+    assert kubectl.run("-n", namespace, "get", "event", f"{pod}.failedmount").returncode == 0

@@ -16,7 +16,7 @@ from agentscale.api.models import AgentWorkflow
 from agentscale.api.validation import InvalidSpec, parse_spec
 from agentscale.reconcile import ExistingChild
 from agentscale.render import ChildKey
-from agentscale.status import DeploymentSummary, PendingPod
+from agentscale.status import DeploymentSummary, MissingSecret, PendingPod
 
 Key = tuple[str, str]  # (namespace, workflow name)
 
@@ -94,3 +94,10 @@ class ClusterCache:
 
     def pending(self, key: Key) -> list[PendingPod]:
         return list(self._values(kinds.POD.index_id, key))
+
+    def missing_secrets(self, namespace: str) -> list[MissingSecret]:
+        """Pods of the namespace the kubelet cannot start for a missing Secret (its FailedMount Events)."""
+        idx = self.indexes.get(kinds.EVENT.index_id)
+        if idx is None or namespace not in idx:
+            return []
+        return list(idx[namespace])

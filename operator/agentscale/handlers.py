@@ -1,7 +1,8 @@
 """kopf registration only: events in, calls into the workflow controller out.
 
 Every watched kind comes from ``kinds.py``: one index and one event handler per owned kind, the workflows'
-index and handler, and the unscheduled pods'. Adding an owned kind there registers it here.
+index and handler, the unscheduled pods', and the kubelet's FailedMount Events'. Adding an owned kind there
+registers it here.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from agentscale.render import labels as L
 from agentscale.resource_controller.actuator import FIELD_MANAGER as RC_FIELD_MANAGER
 from agentscale.resource_controller.leader import LeaderElector
 from agentscale.resource_controller.loop import LoopSettings, ResourceController
-from agentscale.status import pending_pod, summarize_deployment
+from agentscale.status import missing_secret, pending_pod, summarize_deployment
 from agentscale.workflow_controller import WorkflowController
 
 OWNED_LABELS: dict[str, Any] = {
@@ -68,6 +69,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     for kind in (*kinds.OWNED, kinds.POD):
         settings.watching.label_selectors[kind.plural] = kinds.OWNED_SELECTOR
     settings.watching.field_selectors[kinds.POD.plural] = kinds.POD_FIELD_SELECTOR
+    settings.watching.field_selectors[kinds.EVENT.plural] = kinds.FAILED_MOUNT_FIELD_SELECTOR
     info = _login(settings)
     client = KubeClient.from_connection(info, L.FIELD_MANAGER, limit=64)
     debounce = float(os.environ.get("AGENTSCALE_STATUS_DEBOUNCE", "0.5"))
@@ -131,6 +133,12 @@ async def _pod_index(namespace: str, labels: Mapping[str, str], body: kopf.Body,
     return {(namespace, labels[L.WORKFLOW_LABEL]): p} if p is not None else {}
 
 
+async def _event_index(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """FailedMount Events naming a missing Secret, by namespace (an Event names a pod, not its workflow)."""
+    m = missing_secret(body)
+    return {m.namespace: m} if m is not None else {}
+
+
 # ---------------------------------------------------------------------------------------------- events
 
 
@@ -168,6 +176,17 @@ async def _pod_event(namespace: str, labels: Mapping[str, str], memo: kopf.Memo,
     ctl.request_refresh((namespace, labels.get(L.WORKFLOW_LABEL, "")))
 
 
+async def _mount_event(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
+    """The kubelet cannot mount a Secret into a pod: refresh its namespace's workflows (status decides)."""
+    m = missing_secret(body)
+    if m is None:
+        return
+    ctl = _controller(memo, kw)
+    for key in ctl.cache.workflow_keys():
+        if key[0] == m.namespace and m.pod.startswith(f"{key[1]}-"):
+            ctl.request_refresh(key)
+
+
 kopf.index(*kinds.WORKFLOW.resource, id=kinds.WORKFLOW.index_id)(_workflow_index)
 kopf.on.event(*kinds.WORKFLOW.resource, id="workflow_event")(_workflow_event)
 for _kind in kinds.OWNED:
@@ -175,3 +194,5 @@ for _kind in kinds.OWNED:
     kopf.on.event(*_kind.resource, labels=OWNED_LABELS, id=f"{_kind.plural}_event")(_child_event)
 kopf.index(*kinds.POD.resource, labels=OWNED_LABELS, id=kinds.POD.index_id)(_pod_index)
 kopf.on.event(*kinds.POD.resource, labels=OWNED_LABELS, id="pod_event")(_pod_event)
+kopf.index(*kinds.EVENT.resource, id=kinds.EVENT.index_id)(_event_index)
+kopf.on.event(*kinds.EVENT.resource, id="event_event")(_mount_event)

@@ -65,6 +65,9 @@ WORKFLOW = Kind(KIND, API_VERSION, PLURAL)
 POD = Kind("Pod", "v1", "pods")
 POD_FIELD_SELECTOR = "spec.nodeName=,status.phase=Pending"
 EVENT = Kind("Event", "v1", "events")
+# The kubelet's FailedMount Events of pods (status reads those naming a missing Secret: the gateway's tokens);
+# watched with this server-side filter, so no other Event crosses the wire.
+FAILED_MOUNT_FIELD_SELECTOR = "reason=FailedMount,involvedObject.kind=Pod"
 # The resource controller's leader election Lease, in the operator's namespace (resource_controller/leader).
 LEASE = Kind("Lease", "coordination.k8s.io/v1", "leases")
 

@@ -36,8 +36,9 @@ WORKFLOW_STATUS_VERBS = ("patch",)
 SCALE_VERBS = ("patch",)
 # Unscheduled pods of our children: kopf's index and event handler (list + watch); never written.
 POD_VERBS = ("list", "watch")
-# Events: kube.KubeClient.post_event, and kopf's own posting of handler warnings and errors.
-EVENT_VERBS = ("create",)
+# Events: kube.KubeClient.post_event, and kopf's own posting of handler warnings and errors (create); the
+# kubelet's FailedMount Events, for GatewayTokensMissing: kopf's index and event handler (list + watch).
+EVENT_VERBS = ("create", "list", "watch")
 # kopf itself (kopf/_core/reactor/observation.py, resource_observer) watches CRDs to notice API
 # resources appearing or changing at runtime; without list + watch it logs a warning and only
 # scans at start. The operator runs cluster-wide and with --standalone, so kopf neither lists

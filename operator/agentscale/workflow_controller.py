@@ -336,6 +336,7 @@ class WorkflowController:
             apply_error=st.apply_error,
             deployments=self.cache.deployments(key),
             pending=self.cache.pending(key),
+            missing_secrets=self.cache.missing_secrets(key[0]),
             previous=old,
             live=record.get("status"),  # keeps the resource controller's conditions in the list written
         )

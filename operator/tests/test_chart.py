@@ -79,7 +79,7 @@ def test_cluster_rules_cover_exactly_the_kinds_table() -> None:
     expected[(kinds.WORKFLOW.group, kinds.WORKFLOW.plural)] = {"list", "watch"}
     expected[(kinds.WORKFLOW.group, f"{kinds.WORKFLOW.plural}/status")] = {"patch"}
     expected[(kinds.POD.group, kinds.POD.plural)] = {"list", "watch"}
-    expected[(kinds.EVENT.group, kinds.EVENT.plural)] = {"create"}
+    expected[(kinds.EVENT.group, kinds.EVENT.plural)] = {"create", "list", "watch"}  # + FailedMount watch
     expected[("apiextensions.k8s.io", "customresourcedefinitions")] = {"list", "watch"}  # kopf's discovery
     assert grants == expected
 
