@@ -21,12 +21,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
 from chart_support import CHART, Helm
 from operator_support import REPO
 
 RELEASE = "agentscale"
 NAMESPACE = "agentscale-system"
-REAL_LABEL = "agentscale.io/real-node"
+REAL_NODE_VALUES = CHART / "ci" / "real-node-values.yaml"
 SELECTOR = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=operator"
 
 
@@ -61,23 +62,11 @@ class InClusterOperator:
         return self.namespace
 
     def values(self) -> dict[str, Any]:
+        # The real node's placement, pull policy and the chart's Redis: one file, shared with `make demo`.
         return {
+            **yaml.safe_load(REAL_NODE_VALUES.read_text()),
             "replicaCount": self.replicas,
-            "image": {"pullPolicy": "IfNotPresent"},
-            "nodeSelector": {REAL_LABEL: "true"},
-            "tolerations": [
-                {"key": REAL_LABEL, "operator": "Equal", "value": "true", "effect": "NoSchedule"}
-            ],
             "podAnnotations": {"agentscale.io/image-key": image_key("operator")},
-            # The chart's optional Redis, which the examples' redisUrl names, on the real node too.
-            "redis": {
-                "enabled": True,
-                "image": {"repository": "agentscale/redis", "tag": "0.1.0", "pullPolicy": "IfNotPresent"},
-                "nodeSelector": {REAL_LABEL: "true"},
-                "tolerations": [
-                    {"key": REAL_LABEL, "operator": "Equal", "value": "true", "effect": "NoSchedule"}
-                ],
-            },
             **self.extra_values,
         }
 
