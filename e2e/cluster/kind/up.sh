@@ -2,7 +2,8 @@
 # kind provider: create (or reuse) a kind cluster named agentscale and give its workers the
 # labels, taints and extended resources of the fake GPU pool in ../nodes.yaml.
 # Needs `kind` and a container engine (Docker/Podman). UNTESTED here (no Docker engine in the
-# dev environment); the kwok provider (../up.sh) is the tested one. kind has no usage
+# dev environment); the kwok provider (../up.sh) is the tested one. It also builds the project's images on
+# public bases, loads them into the nodes and installs the chart (the end of this script). kind has no usage
 # simulation, so the HPA test in e2e/tests/test_cluster.py skips on kind (install
 # metrics-server yourself for real HPA work).
 #
@@ -88,4 +89,27 @@ until k -n default get serviceaccount default >/dev/null 2>&1; do
   [ $SECONDS -lt $deadline ] || die "default ServiceAccount did not appear"
   sleep 2
 done
+
+# The project's images, built from the same Dockerfiles on public bases (images/*.Dockerfile), loaded into
+# kind's nodes (no registry), and the chart with its Redis, the operator on the cpu-0 worker: what the kwok
+# provider's real node runs. AGENTSCALE_KIND_CHART=0 skips it.
+if [ "${AGENTSCALE_KIND_CHART:-1}" = 1 ]; then
+  engine="$(command -v docker || command -v podman)" || die "no docker or podman to build the images"
+  helm_bin="$(agentscale_bin helm)"
+  [ -x "$helm_bin" ] || helm_bin="$(command -v helm)" || die "no helm (run ../build.sh helm)"
+  for img in operator worker triton redis; do
+    base=python:3.11-slim
+    [ "$img" = redis ] && base=debian:bookworm-slim
+    log "building agentscale/$img:0.1.0 on $base"
+    DOCKER_BUILDKIT=1 "$engine" build -q -f "$AGENTSCALE_REPO/images/$img.Dockerfile" --build-arg "BASE_IMAGE=$base" \
+      -t "agentscale/$img:0.1.0" "$AGENTSCALE_REPO" >/dev/null
+    kind load docker-image --name "$name" "agentscale/$img:0.1.0" >/dev/null
+  done
+  "$helm_bin" upgrade --install agentscale "$AGENTSCALE_REPO/charts/agentscale" --kubeconfig "$kc" \
+    --namespace agentscale-system --create-namespace --wait --timeout 5m \
+    --set redis.enabled=true --set redis.image.repository=agentscale/redis --set redis.image.tag=0.1.0 \
+    --set-json 'nodeSelector={"agentscale.io/logical-node":"cpu-0"}' \
+    --set-json 'redis.nodeSelector={"agentscale.io/logical-node":"cpu-0"}' >/dev/null
+  log "chart installed: the operator (2 replicas) and Redis in namespace agentscale-system"
+fi
 log "kind cluster $name ready; kubeconfig: $kc"
