@@ -71,7 +71,11 @@ FAILED_MOUNT_FIELD_SELECTOR = "reason=FailedMount,involvedObject.kind=Pod"
 # The resource controller's leader election Lease, in the operator's namespace (resource_controller/leader).
 LEASE = Kind("Lease", "coordination.k8s.io/v1", "leases")
 
-ALL: tuple[Kind, ...] = (*OWNED, WORKFLOW, POD, EVENT, LEASE)
+# Nodes: the GPU rebalancer (resource_controller/rebalance_actuator) lists them to see where GPUs are free;
+# never watched or written.
+NODE = Kind("Node", "v1", "nodes")
+
+ALL: tuple[Kind, ...] = (*OWNED, WORKFLOW, POD, EVENT, LEASE, NODE)
 # What the operator writes (children, workflow status, Events): an idle operator sends no write to any of
 # them (the e2e idle-minute test and the benchmark count apiserver_request_total over these). The Lease is
 # not here: its holder renews it every retry period, idle or not, and that write is the point of a lease.

@@ -78,6 +78,7 @@ class KubeClient:
         params: dict[str, str] | None = None,
         body: Any = None,
         content_type: str = "application/json",
+        retry_429: bool = True,
     ) -> dict[str, Any]:
         data = json.dumps(body) if body is not None else None
         headers = {"Content-Type": content_type} if data is not None else None
@@ -87,7 +88,7 @@ class KubeClient:
                     method, self.server + path, params=params, data=data, headers=headers
                 ) as resp:
                     text = await resp.text()
-                    if (resp.status == 429 or resp.status >= 500) and attempt < 3:
+                    if ((resp.status == 429 and retry_429) or resp.status >= 500) and attempt < 3:
                         retry = float(resp.headers.get("Retry-After", 0.2 * 2**attempt))
                         await asyncio.sleep(min(retry, 5.0))
                         continue
@@ -213,6 +214,41 @@ class KubeClient:
             body=body,
             content_type="application/apply-patch+yaml",
         )
+
+    async def evict(self, namespace: str, name: str) -> bool:
+        """Evict a pod through the ``pods/eviction`` subresource (a policy/v1 Eviction): the API server
+        refuses with ApiError 429 while a PodDisruptionBudget allows no disruption (not retried here: the
+        caller waits for its next cycle). False if the pod is already gone."""
+        path = object_path("v1", "Pod", namespace, name) + "/eviction"
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": name, "namespace": namespace},
+        }
+        try:
+            await self._request("POST", path, f"evict Pod {name}", body=body, retry_429=False)
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def list(
+        self, api_version: str, kind: str, namespace: str | None = None, **params: str
+    ) -> list[dict[str, Any]]:
+        """Every object of a kind (all namespaces when ``namespace`` is None), with ``params`` such as
+        ``labelSelector`` or ``fieldSelector``; one page of up to 5,000 and its continuations."""
+        out: list[dict[str, Any]] = []
+        query = {"limit": "5000", **params}
+        while True:
+            page = await self._request(
+                "GET", object_path(api_version, kind, namespace), f"list {kind}", params=query
+            )
+            out.extend(page.get("items") or [])
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return out
+            query = {**query, "continue": token}
 
     async def post_event(
         self, involved: dict[str, str], type_: str, reason: str, message: str, component: str = "agentscale"

@@ -36,6 +36,15 @@ WORKFLOW_STATUS_VERBS = ("patch",)
 SCALE_VERBS = ("patch",)
 # Unscheduled pods of our children: kopf's index and event handler (list + watch); never written.
 POD_VERBS = ("list", "watch")
+# GPU rebalancing (resource_controller/rebalance_actuator.py): it lists every pod (kube.KubeClient.list,
+# covered by POD_VERBS' list) and node to see where GPUs are free, evicts a pod through the eviction
+# subresource (kube.KubeClient.evict: a create of a policy/v1 Eviction, which the API server refuses while a
+# PodDisruptionBudget allows no disruption), and nominates the pending pod to the node it frees
+# (kube.KubeClient.patch_status on pods/status: status.nominatedNodeName, as the scheduler's preemption does).
+# PodDisruptionBudgets are read with the owned kinds' list.
+NODE_VERBS = ("list",)
+EVICTION_VERBS = ("create",)
+POD_STATUS_VERBS = ("patch",)
 # Events: kube.KubeClient.post_event, and kopf's own posting of handler warnings and errors (create); the
 # kubelet's FailedMount Events, for GatewayTokensMissing: kopf's index and event handler (list + watch).
 EVENT_VERBS = ("create", "list", "watch")
@@ -65,6 +74,9 @@ def cluster_rules() -> list[dict[str, Any]]:
     rules.append(_rule(kinds.WORKFLOW.group, kinds.WORKFLOW.plural, WORKFLOW_VERBS))
     rules.append(_rule(kinds.WORKFLOW.group, f"{kinds.WORKFLOW.plural}/status", WORKFLOW_STATUS_VERBS))
     rules.append(_rule(kinds.POD.group, kinds.POD.plural, POD_VERBS))
+    rules.append(_rule(kinds.POD.group, f"{kinds.POD.plural}/eviction", EVICTION_VERBS))
+    rules.append(_rule(kinds.POD.group, f"{kinds.POD.plural}/status", POD_STATUS_VERBS))
+    rules.append(_rule(kinds.NODE.group, kinds.NODE.plural, NODE_VERBS))
     rules.append(_rule(kinds.EVENT.group, kinds.EVENT.plural, EVENT_VERBS))
     rules.append(_rule(*CRD_RESOURCE, CRD_VERBS))
     return rules

@@ -79,6 +79,10 @@ def test_cluster_rules_cover_exactly_the_kinds_table() -> None:
     expected[(kinds.WORKFLOW.group, kinds.WORKFLOW.plural)] = {"list", "watch"}
     expected[(kinds.WORKFLOW.group, f"{kinds.WORKFLOW.plural}/status")] = {"patch"}
     expected[(kinds.POD.group, kinds.POD.plural)] = {"list", "watch"}
+    # GPU rebalancing (resource_controller/rebalance_actuator.py): evict, nominate, list nodes
+    expected[(kinds.POD.group, "pods/eviction")] = {"create"}
+    expected[(kinds.POD.group, "pods/status")] = {"patch"}
+    expected[(kinds.NODE.group, kinds.NODE.plural)] = {"list"}
     expected[(kinds.EVENT.group, kinds.EVENT.plural)] = {"create", "list", "watch"}  # + FailedMount watch
     expected[("apiextensions.k8s.io", "customresourcedefinitions")] = {"list", "watch"}  # kopf's discovery
     assert grants == expected
@@ -95,7 +99,11 @@ def test_rules_grant_no_secrets_no_wildcards_no_escalation(rules: list[dict[str,
     for (group, resource), verbs in _grants(rules).items():
         assert "*" not in group and "*" not in resource and "*" not in verbs
         assert resource.split("/")[0] != "secrets"
-        assert not resource.startswith("pods/"), "no pod subresources (exec, attach, portforward, log)"
+        # no pod subresources (exec, attach, portforward, log) but the rebalancer's eviction and nomination
+        assert not resource.startswith("pods/") or (resource, verbs) in (
+            ("pods/eviction", {"create"}),
+            ("pods/status", {"patch"}),
+        )
         assert not verbs & {"escalate", "bind", "impersonate", "deletecollection"}
         # Owned objects change by server-side apply (patch), never by a full update; only Leases update.
         assert "update" not in verbs or resource == "leases"

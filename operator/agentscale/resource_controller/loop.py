@@ -50,6 +50,7 @@ from agentscale.resource_controller.actuator import Actuator, Applied, Target, W
 from agentscale.resource_controller.config import PolicyConfig
 from agentscale.resource_controller.decide import decide
 from agentscale.resource_controller.leader import Clock, LeaderElector, LeaseConfig, SystemClock
+from agentscale.resource_controller.rebalance_actuator import Rebalancer, RebalanceSettings
 from agentscale.resource_controller.signals import MetricsHealth, PrometheusReader, Reading, assess
 from agentscale.resource_controller.snapshot import Decision, Part, PartKind, Rule, Signals, WorkflowSnapshot
 from agentscale.resource_controller.state import PartState
@@ -183,6 +184,7 @@ class ResourceController:
         clock: Clock | None = None,
         elector: LeaderElector | None = None,
         reader: PrometheusReader | None = None,
+        rebalance: RebalanceSettings | None = None,
     ) -> None:
         self.client = client
         self.cache = cache
@@ -190,6 +192,9 @@ class ResourceController:
         self.clock: Clock = clock or SystemClock()
         self.elector = elector or LeaderElector(client, self.settings.lease, clock=self.clock)
         self.actuator = Actuator(client, may_write=lambda: self.elector.is_leader)
+        self.rebalancer = Rebalancer(
+            client, cache, rebalance or RebalanceSettings.from_env(), may_write=lambda: self.elector.is_leader
+        )
         url = self.settings.prometheus_url
         self.reader = reader or (PrometheusReader(url) if url else None)
         self.metrics = M.ControllerMetrics()
@@ -242,6 +247,7 @@ class ResourceController:
             self.state.pop(gone, None)
             self.reported.pop(gone, None)
             self.ready_since.pop(gone, None)
+            self.rebalancer.headroom.pop(gone, None)
         reading = await self.read()
         gate = asyncio.Semaphore(self.settings.concurrency)
 
@@ -254,6 +260,10 @@ class ResourceController:
                     return None
 
         results = await asyncio.gather(*(one(k) for k in keys))
+        try:  # GPU rebalancing, after every workflow's decision (rebalance_actuator)
+            await self.rebalancer.cycle()
+        except Exception:
+            log.exception("resource controller: GPU rebalancing failed this cycle")
         self.cycles += 1
         self.metrics.cycle_duration.observe(time.perf_counter() - started)
         return [r for r in results if r is not None and (r.scaled or r.failed)]
@@ -288,6 +298,7 @@ class ResourceController:
         health = assess(reading, snap, self._reporting(key, ready, now)) if reading is not None else None
         decisions, held = hold_down(outcome.decisions, health)
         decisions = [d for d in decisions if d.target in targets]
+        self.rebalancer.observe(key, snap, decisions, health)
         ref = WorkflowRef(key[0], key[1], str(record["uid"]))
         applied = await self.actuator.apply(ref, decisions, targets)
         self.metrics.decided(decisions, applied.unchanged())
