@@ -113,6 +113,10 @@ class WorkflowController:
         self.corrections: dict[tuple[Key, ChildKey], tuple[int, float]] = {}
         self.done_generation: dict[Key, int] = {}  # the generation last reconciled to completion
         self.failures: dict[Key, int] = {}
+        # Workflows whose children were deleted, to be confirmed before any is created again; and the uids of
+        # workflows found gone from the API server while kopf's index still holds them (see _still_there).
+        self._recheck: set[Key] = set()
+        self.vanished: dict[Key, str] = {}
         self._dirty: set[Key] = set()
         self._wake = asyncio.Event()
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
@@ -178,9 +182,27 @@ class WorkflowController:
         self._schedule_correction(key, ck, fields)
 
     def child_gone(self, key: Key, ck: ChildKey) -> None:
-        """A child was deleted: forget what was verified about it (the reconcile puts it back if wanted)."""
+        """A child was deleted: forget what was verified about it (the reconcile puts it back if wanted, once
+        the workflow is confirmed to exist: see _still_there)."""
         self.verified.get(key, {}).pop(ck, None)
         self.drifted.get(key, {}).pop(ck, None)
+        self._recheck.add(key)
+
+    async def _still_there(self, key: Key, uid: str) -> bool:
+        """Whether the workflow still exists (same uid) before its deleted children are created again.
+
+        After a watch expires (410 Gone) kopf lists again but never reports what was deleted meanwhile, so its
+        index keeps such a workflow for good. The garbage collector deletes its children, each DELETED event
+        re-queues it, and re-creating them would loop for ever (measured: 1,302 re-creations of one child in
+        four minutes, e2e/tests/test_faults_operator.py). One GET, only after a child was deleted."""
+        live = await self.client.get(API_VERSION, KIND, key[0], key[1])  # an error: the retry asks again
+        self._recheck.discard(key)
+        if live is not None and (live.get("metadata") or {}).get("uid") == uid:
+            return True
+        log.info("%s/%s: no longer on the API server (uid %s); forgetting it", key[0], key[1], uid)
+        self.forget(key)
+        self.vanished[key] = uid
+        return False
 
     def _schedule_correction(self, key: Key, ck: ChildKey, fields: list[str]) -> None:
         """Put a drifted child back now, or later when something keeps changing it (a webhook or another
@@ -241,6 +263,8 @@ class WorkflowController:
             return None
         drifted = self.drifted.pop(key, {})
         plan: Plan = plan_children(wf, rendered.objects(), self.cache.existing_children(key), drifted)
+        if plan.apply and key in self._recheck and not await self._still_there(key, uid):
+            return None
         outcome = Outcome()
         if not plan.empty:
             try:
@@ -273,7 +297,7 @@ class WorkflowController:
         if not self.leading:
             return
         record = self.cache.workflow_record(key)
-        if record is None or record["deleting"]:
+        if record is None or record["deleting"] or self.vanished.get(key) == record["uid"]:
             return
         if not force and self.done_generation.get(key) == record["generation"]:
             return
@@ -366,6 +390,7 @@ class WorkflowController:
         self.done_generation.pop(key, None)
         self.failures.pop(key, None)
         self._dirty.discard(key)
+        self._recheck.discard(key)
         for ck in [c for c in self.corrections if c[0] == key]:
             del self.corrections[ck]
 
