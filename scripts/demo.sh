@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # `make demo`: a local demo cluster with a workflow under load (docs/demo.md).
-#   1. bootstrap (apt + .venv), then a local Kubernetes cluster "agentscale-demo" (kwok GPU pool) that
-#      never collides with the test cluster "agentscale";
-#   2. the CRD, the operator as a local process, the three example workflows in namespace "demo";
-#   3. shop-recs' real data plane as local processes (redis-server, tritonserver, step workers, gateway)
-#      with the environment and Triton config the operator rendered;
-#   4. an open-loop load for DEMO_SECONDS at DEMO_RPS, a live line every 5 s, a summary.
-# Knobs: DEMO_SECONDS (60, 5..900), DEMO_RPS (100, 1..2000), DEMO_KEEP=1 (leave the cluster running).
+#   1. bootstrap (apt + .venv), then a local Kubernetes cluster "agentscale-demo" (kwok GPU pool plus one
+#      real kubelet node) that never collides with the test cluster "agentscale";
+#   2. the project's images imported into the real node, the operator installed with the Helm chart in pods
+#      there (with the chart's Redis; values charts/agentscale/ci/real-node-values.yaml), the three example
+#      workflows in namespace "demo": shop-recs as real pods on the real node, the other two on the GPU pool;
+#   3. an open-loop load for DEMO_SECONDS at DEMO_RPS from a pod, a live line every 5 s, a summary.
+# Fallback, named with its reason: when the real node cannot start (not root, AGENTSCALE_REAL_NODE=0, or
+# node.sh failed), the operator runs as a local process and shop-recs' data plane as local processes with
+# the environment and Triton config the operator rendered (demo_local.py).
+# Knobs: DEMO_SECONDS (60, 5..900), DEMO_RPS (20, 1..2000), DEMO_KEEP=1 (leave the cluster running).
 # Everything it starts is stopped on exit (Ctrl-C included); re-running is safe.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,7 +23,7 @@ die() {
 }
 
 DEMO_SECONDS="${DEMO_SECONDS:-60}"
-DEMO_RPS="${DEMO_RPS:-100}"
+DEMO_RPS="${DEMO_RPS:-20}"
 [[ "$DEMO_SECONDS" =~ ^[0-9]+$ ]] && [ "$DEMO_SECONDS" -ge 5 ] && [ "$DEMO_SECONDS" -le 900 ] ||
   die "DEMO_SECONDS must be an integer in 5..900 (got '$DEMO_SECONDS')"
 [[ "$DEMO_RPS" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "DEMO_RPS must be a number in 1..2000 (got '$DEMO_RPS')"
@@ -34,6 +37,7 @@ export AGENTSCALE_KUBECONFIG="$ROOT/.cluster/agentscale-demo.kubeconfig"
 export KUBECONFIG="$AGENTSCALE_KUBECONFIG"
 RUN="$ROOT/.run/demo"
 NS=demo
+OPERATOR_NS=agentscale-system
 mkdir -p "$RUN"
 
 OPERATOR_PID=""
@@ -56,7 +60,7 @@ cleanup() {
   fi
   rm -f "$RUN/operator.pid"
   if [ "${DEMO_KEEP:-0}" = "1" ]; then
-    info "DEMO_KEEP=1: cluster $AGENTSCALE_CLUSTER_NAME left running (the local processes were stopped)"
+    info "DEMO_KEEP=1: cluster $AGENTSCALE_CLUSTER_NAME left running (with shop-recs' pods; local processes stopped)"
     info "  use it:  KUBECONFIG=$AGENTSCALE_KUBECONFIG $KUBECTL get aw -n $NS"
     info "  stop it: AGENTSCALE_CLUSTER_NAME=$AGENTSCALE_CLUSTER_NAME KWOK_WORKDIR=$KWOK_WORKDIR \\"
     info "           AGENTSCALE_KUBECONFIG=$AGENTSCALE_KUBECONFIG e2e/cluster/down.sh"
@@ -92,29 +96,69 @@ fi
 stage "bootstrap (apt packages, .venv)"
 scripts/bootstrap.sh
 
-stage "local cluster $AGENTSCALE_CLUSTER_NAME (kube-apiserver, etcd, scheduler, kwok GPU nodes)"
-e2e/cluster/up.sh
+# The real node needs root (containerd, a network namespace, iptables); without it, or when it fails to
+# start, the demo falls back to local processes and says why.
+MODE=pods
+FALLBACK_REASON=""
+if [ "${AGENTSCALE_REAL_NODE:-1}" = 0 ]; then
+  FALLBACK_REASON="AGENTSCALE_REAL_NODE=0 is set"
+elif [ "$(id -u)" != 0 ]; then
+  FALLBACK_REASON="not root (uid $(id -u)): the real node runs containerd, a network namespace and iptables"
+fi
+if [ -z "$FALLBACK_REASON" ]; then
+  stage "local cluster $AGENTSCALE_CLUSTER_NAME (kube-apiserver, etcd, scheduler, kwok GPU nodes, a real kubelet node)"
+  if ! e2e/cluster/up.sh 2>&1 | tee "$RUN/up.log"; then
+    FALLBACK_REASON="the real node did not start: $(grep -m1 'ERROR' "$RUN/up.log" | sed 's/^\[[0-9:]*\] //' || true) (log $RUN/up.log)"
+  fi
+fi
+if [ -n "$FALLBACK_REASON" ]; then
+  MODE=local
+  stage "FALLBACK: shop-recs' data plane as local processes, because $FALLBACK_REASON"
+  AGENTSCALE_REAL_NODE=0 e2e/cluster/up.sh
+fi
 KUBECTL="$(bash -c '. e2e/cluster/versions.sh; agentscale_bin kubectl')"
+HELM="$(bash -c '. e2e/cluster/versions.sh; agentscale_bin helm')"
 k() { "$KUBECTL" --kubeconfig "$AGENTSCALE_KUBECONFIG" "$@"; }
 info "kubeconfig: $AGENTSCALE_KUBECONFIG"
 k get nodes -L agentscale.io/pool --no-headers | awk '{printf "    node %-11s pool=%-9s %s\n", $1, $NF, $2}'
 
-stage "CRD and operator"
+stage "CRD"
 k apply --server-side --force-conflicts -f crds/ | sed 's/^/    /'
 k wait --for=condition=Established crd/agentworkflows.agentscale.io --timeout=60s >/dev/null
-: >"$RUN/operator.log"
-.venv/bin/agentscale run --standalone >>"$RUN/operator.log" 2>&1 &
-OPERATOR_PID=$!
-echo "$OPERATOR_PID" >"$RUN/operator.pid"
-info "operator pid $OPERATOR_PID, log $RUN/operator.log"
+if [ "$MODE" = pods ]; then
+  stage "images on the real node (built by images/build.py when their inputs changed)"
+  e2e/cluster/node.sh load-images 2>&1 | sed 's/^/    /'
+  stage "operator: helm upgrade --install (in pods on the real node, with the chart's Redis)"
+  k create namespace "$OPERATOR_NS" --dry-run=client -o yaml | k apply -f - >/dev/null
+  k label namespace "$OPERATOR_NS" pod-security.kubernetes.io/enforce=restricted --overwrite >/dev/null
+  # The image key as a pod annotation: a rebuilt image (same tag) rolls the operator's pods.
+  key="$(.venv/bin/python images/build.py key operator)"
+  "$HELM" --kubeconfig "$AGENTSCALE_KUBECONFIG" upgrade --install agentscale charts/agentscale \
+    --namespace "$OPERATOR_NS" --values charts/agentscale/ci/real-node-values.yaml \
+    --set-string "podAnnotations.agentscale\.io/image-key=$key" --wait --timeout 5m >"$RUN/helm.log"
+  grep -E '^(NAME|STATUS|REVISION):' "$RUN/helm.log" | tr '\n' ' ' | sed 's/^/    /; s/$/(notes: .run\/demo\/helm.log)\n/'
+  k -n "$OPERATOR_NS" get pods -o wide --no-headers | awk '{printf "    %-40s %-8s %s\n", $1, $3, $7}'
+  info "logs: kubectl -n $OPERATOR_NS logs deploy/agentscale"
+else
+  : >"$RUN/operator.log"
+  .venv/bin/agentscale run --standalone >>"$RUN/operator.log" 2>&1 &
+  OPERATOR_PID=$!
+  echo "$OPERATOR_PID" >"$RUN/operator.pid"
+  info "operator as a local process: pid $OPERATOR_PID, log $RUN/operator.log"
+fi
 
 stage "example workflows in namespace $NS"
 k create namespace "$NS" --dry-run=client -o yaml | k apply -f - >/dev/null
-k apply -n "$NS" -f workloads/examples/ | sed 's/^/    /'
+for f in workloads/examples/*.yaml; do
+  # With the real node, demo_pods.py applies shop-recs with its real-node override and tokens Secret.
+  [ "$MODE" = pods ] && [ "$(basename "$f")" = recommendation.yaml ] && continue
+  k apply -n "$NS" -f "$f" | sed 's/^/    /'
+done
 
-# demo.py: wait for Ready, show placement, run shop-recs' data plane under load, print the summary.
-stage "shop-recs under load: ${DEMO_RPS} req/s for ${DEMO_SECONDS}s"
-export DEMO_KUBECTL="$KUBECTL" DEMO_NAMESPACE="$NS" DEMO_RUN_DIR="$RUN" DEMO_OPERATOR_PID="$OPERATOR_PID"
+# demo.py: wait for Ready, show placement, put shop-recs under load, print the summary.
+stage "shop-recs under load: ${DEMO_RPS} req/s for ${DEMO_SECONDS}s ($([ "$MODE" = pods ] && echo "pods on the real node" || echo "local processes"))"
+export DEMO_KUBECTL="$KUBECTL" DEMO_NAMESPACE="$NS" DEMO_RUN_DIR="$RUN" DEMO_MODE="$MODE"
+export DEMO_FALLBACK_REASON="$FALLBACK_REASON"
 # Its own session: Ctrl-C reaches only this script, whose trap stops demo.py with SIGTERM, so the load
 # stops first, the summary prints, then the data plane stops in order.
 setsid .venv/bin/python scripts/demo.py &

@@ -1,5 +1,5 @@
-"""What the two halves of scripts/demo.py share: the settings from demo.sh's environment, kubectl, ``say``
-and the local process description.
+"""What the demo's Python modules share (demo.py, demo_pods.py, demo_local.py, demo_load.py): the settings
+from demo.sh's environment, kubectl, ``say``, the Ready condition and the local process description.
 
 Importing it puts the repository root on sys.path (for ``bench``), so import it before ``bench``.
 """
