@@ -1,5 +1,6 @@
-"""A small async Kubernetes client on aiohttp: server-side apply, delete, status and scale patches, and the
-get / create / resourceVersion-checked replace that leader election's Lease needs.
+"""A small async Kubernetes client on aiohttp: server-side apply, delete, status and scale patches, the
+get / create / resourceVersion-checked replace that leader election's Lease needs, and the list and pod
+eviction that GPU rebalancing needs.
 
 Why not a general client: kopf already brings aiohttp and a credential chain (kubeconfig, service account);
 server-side apply is one PATCH with a content type, and dicts in and out keep the hot path free of model

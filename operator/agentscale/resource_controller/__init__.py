@@ -12,6 +12,8 @@ Module map: job, then what it may import.
 - ``rules``: mode queue (lag, queue time, rate) and mode slo sizing. snapshot, config, queueing, forecast.
 - ``stabilize``: panic, scale to zero, window, tolerance, cooldown, step limits. snapshot, config, queueing.
 - ``decide``: ``decide(snapshot, state, config)`` -> decisions and the next state. All of the above.
+- ``rebalance``: GPU rebalancing's plan: the fewest evictions that free one node for a pod pending for GPUs
+  (PDB allowance, minimum ready, SLO headroom), and ``headroom``. snapshot, budgets, ``api.models``.
 
 Nothing above does I/O, reads the clock or imports kopf: time and every measurement are inputs. The modules
 below are the ones that do, each kept to its job:
@@ -26,8 +28,12 @@ below are the ones that do, each kept to its job:
 - ``actuator``: the hands: the scale subresource (own field manager), Events, ``lastScalingDecision``,
   the ``MetricsUnavailable`` condition; only parts whose replicas the controller owns. snapshot,
   ``api.models``, ``kube``.
+- ``rebalance_actuator``: GPU rebalancing's hands: lists nodes, pods and PDBs only while a workflow pod is
+  short of GPUs, nominates it, evicts one pod per cycle (``pods/eviction``), ``Rebalanced`` Events. rebalance,
+  ``cache``, ``kube``, ``pending``.
 - ``loop``: the leader-only cycle: one read, then per workflow in the cluster cache snapshot, ``decide``,
-  fail static, actuate, report ``MetricsUnavailable``. All of the above, ``cache``, ``status``.
+  fail static, actuate, report ``MetricsUnavailable``; then GPU rebalancing. All of the above, ``cache``,
+  ``status``.
 """
 
 from agentscale.resource_controller.config import PolicyConfig
