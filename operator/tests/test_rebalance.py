@@ -41,7 +41,7 @@ def pod(
         placement,
         where,
         part(owner) if owner else None,
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
 
 

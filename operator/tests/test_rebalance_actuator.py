@@ -174,7 +174,7 @@ def fragmented() -> list[dict[str, Any]]:
 def rebalancer(
     objs: list[dict[str, Any]], client: FakeCluster, m_ready: int = 2, room: bool = True
 ) -> A.Rebalancer:
-    rb = A.Rebalancer(client, cache_with(objs, m_ready), A.RebalanceSettings())  # type: ignore[arg-type]
+    rb = A.Rebalancer(client, cache_with(objs, m_ready), A.RebalanceSettings())
     rb.headroom[KEY] = (room, "test")
     return rb
 
