@@ -115,7 +115,12 @@ IMAGES: dict[str, Image] = {
         ),
         Image("redis", f"docker.io/agentscale/redis:{VERSION}", "redis.Dockerfile", base="debian"),
         Image(
-            "prometheus", f"docker.io/agentscale/prometheus:{VERSION}", "prometheus.Dockerfile", base="debian"
+            "prometheus",
+            f"docker.io/agentscale/prometheus:{VERSION}",
+            "prometheus.Dockerfile",
+            base="debian",
+            # module v0.309.1 is Prometheus 3.9.1 (Debian's 2.42 has no Kubernetes service discovery)
+            build_args={"PROMETHEUS_MODULE_VERSION": "v0.309.1", "GO_TOOLCHAIN": "go1.24.9"},
         ),
     )
 }
