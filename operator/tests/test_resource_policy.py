@@ -224,3 +224,15 @@ def test_fail_static_holds_and_never_scales_down() -> None:
     # slo with p95 unknown: sized, never down
     slo = one(step(5, SLO, queue_lag=0, arrival_rps=1, service_time_s=0.1), state=SEEN)
     assert (slo.to_replicas, slo.rule, slo.missing) == (5, Rule.FailStatic, ("p95 latency",))
+
+
+def test_an_idle_queue_step_scales_down_without_a_service_time() -> None:
+    # Nothing arrives and nothing waits: no replica is needed whatever a message takes, and an idle step has
+    # no service time to measure (0/0). Seen on real pods (e2e/tests/test_closed_loop.py): the step kept
+    # the replicas of its last burst once the rate window held no completions.
+    idle = one(step(3, queue_lag=0, arrival_rps=0.0), state=SEEN)
+    assert idle.to_replicas < 3 and idle.missing == (), idle.reason
+    assert idle.reason.startswith("queue lag 0 <= 20/replica x 3"), idle.reason
+    # arriving work with no service time measured still holds
+    busy = one(step(3, queue_lag=0, arrival_rps=1.0), state=SEEN)
+    assert (busy.to_replicas, busy.rule, busy.missing) == (3, Rule.FailStatic, ("service time",))

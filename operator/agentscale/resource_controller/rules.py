@@ -107,8 +107,15 @@ def queue_step(part: Part, rate: PlannedRate, budget_s: float, cfg: PolicyConfig
     )
     service_s = part.service_time_s()
     by_rate = _rate_term(part, rate, service_s, lag, drain_window_s(part, budget_s, cfg), cfg)
-    best = by_lag if by_rate is None or by_lag.replicas >= by_rate.replicas else by_rate
     missing = tuple(_missing_rate_inputs(part, service_s))
+    if missing == ("service time",) and rate.rate is not None and rate.rate <= 0 and lag <= 0:
+        # Nothing arrives and nothing waits: Little's law needs no replica whatever a message takes, and an
+        # idle step has no service time to measure (0/0), so its absence is no reason to hold. (Seen on real
+        # pods, test_closed_loop.py: once the rate window held no completions, an idle step kept the
+        # replicas of its last burst for good.)
+        by_rate = Recommendation(0, Rule.ArrivalRate, f"{rate.describe()}, no lag")
+        missing = ()
+    best = by_lag if by_rate is None or by_lag.replicas >= by_rate.replicas else by_rate
     steady = None
     if by_rate is not None:  # the backlog's share of either rule: the rate alone needs by_rate's steady
         steady = _steady(best.replicas, by_rate.replicas if by_rate.steady is None else by_rate.steady)
