@@ -128,6 +128,7 @@ k wait --for=condition=Established crd/agentworkflows.agentscale.io --timeout=60
 if [ "$MODE" = pods ]; then
   stage "images on the real node (built by images/build.py when their inputs changed)"
   e2e/cluster/node.sh load-images 2>&1 | sed 's/^/    /'
+  info "the node's containerd has this checkout's operator, worker, triton and redis images"
   stage "operator: helm upgrade --install (in pods on the real node, with the chart's Redis)"
   k create namespace "$OPERATOR_NS" --dry-run=client -o yaml | k apply -f - >/dev/null
   k label namespace "$OPERATOR_NS" pod-security.kubernetes.io/enforce=restricted --overwrite >/dev/null
@@ -136,7 +137,7 @@ if [ "$MODE" = pods ]; then
   "$HELM" --kubeconfig "$AGENTSCALE_KUBECONFIG" upgrade --install agentscale charts/agentscale \
     --namespace "$OPERATOR_NS" --values charts/agentscale/ci/real-node-values.yaml \
     --set-string "podAnnotations.agentscale\.io/image-key=$key" --wait --timeout 5m >"$RUN/helm.log"
-  grep -E '^(NAME|STATUS|REVISION):' "$RUN/helm.log" | tr '\n' ' ' | sed 's/^/    /; s/$/(notes: .run\/demo\/helm.log)\n/'
+  info "$(grep -E '^(NAME|STATUS|REVISION):' "$RUN/helm.log" | tr '\n' ' ')(notes: $RUN/helm.log)"
   k -n "$OPERATOR_NS" get pods -o wide --no-headers | awk '{printf "    %-40s %-8s %s\n", $1, $3, $7}'
   info "logs: kubectl -n $OPERATOR_NS logs deploy/agentscale"
 else
