@@ -60,7 +60,11 @@ cleanup() {
   fi
   rm -f "$RUN/operator.pid"
   if [ "${DEMO_KEEP:-0}" = "1" ]; then
-    info "DEMO_KEEP=1: cluster $AGENTSCALE_CLUSTER_NAME left running (with shop-recs' pods; local processes stopped)"
+    if [ "$MODE" = pods ]; then
+      info "DEMO_KEEP=1: cluster $AGENTSCALE_CLUSTER_NAME left running, shop-recs' pods too"
+    else
+      info "DEMO_KEEP=1: cluster $AGENTSCALE_CLUSTER_NAME left running (the local processes were stopped)"
+    fi
     info "  use it:  KUBECONFIG=$AGENTSCALE_KUBECONFIG $KUBECTL get aw -n $NS"
     info "  stop it: AGENTSCALE_CLUSTER_NAME=$AGENTSCALE_CLUSTER_NAME KWOK_WORKDIR=$KWOK_WORKDIR \\"
     info "           AGENTSCALE_KUBECONFIG=$AGENTSCALE_KUBECONFIG e2e/cluster/down.sh"
