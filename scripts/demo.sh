@@ -45,7 +45,8 @@ DEMO_PY_PID=""
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  # demo.py first (on SIGTERM it stops the load, prints the summary, stops its data plane).
+  # demo.py first: on SIGTERM it deletes the load pod, or stops the load (summary printed) and then its
+  # local data plane in the fallback.
   if [ -n "$DEMO_PY_PID" ] && kill -0 "$DEMO_PY_PID" 2>/dev/null; then
     kill -TERM "$DEMO_PY_PID" 2>/dev/null || true
     wait "$DEMO_PY_PID" 2>/dev/null || true
@@ -112,7 +113,7 @@ fi
 if [ -z "$FALLBACK_REASON" ]; then
   stage "local cluster $AGENTSCALE_CLUSTER_NAME (kube-apiserver, etcd, scheduler, kwok GPU nodes, a real kubelet node)"
   if ! e2e/cluster/up.sh 2>&1 | tee "$RUN/up.log"; then
-    FALLBACK_REASON="the real node did not start: $(grep -m1 'ERROR' "$RUN/up.log" | sed 's/^\[[0-9:]*\] //' || true) (log $RUN/up.log)"
+    FALLBACK_REASON="e2e/cluster/up.sh could not start the cluster with its real node: $(grep -m1 'ERROR' "$RUN/up.log" | sed 's/^\[[0-9:]*\] //' || true) (log $RUN/up.log)"
   fi
 fi
 if [ -n "$FALLBACK_REASON" ]; then

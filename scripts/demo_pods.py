@@ -258,6 +258,9 @@ def run_pods() -> int:
             elif line.strip():
                 say(f"load pod: {line.rstrip()}")
         follow.wait(timeout=30)
+    except SystemExit:
+        say("interrupted: deleting the load pod (no summary)")
+        raise
     finally:
         if follow is not None and follow.poll() is None:
             follow.kill()
