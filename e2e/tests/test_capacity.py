@@ -96,9 +96,9 @@ def test_cpu_shortage_posts_a_warning_event(
 
 
 BAD_QUANTITIES = [
-    ("cpu-banana", {"requests": {"cpu": "banana"}}, "spec.steps[0].resources.requests.cpu"),
-    ("memory-unit", {"limits": {"memory": "1GB"}}, "spec.steps[0].resources.limits.memory"),
-    ("negative-cpu", {"requests": {"cpu": -1}}, "spec.steps[0].resources.requests.cpu"),
+    ("cpu-banana", {"requests": {"cpu": "banana"}}, "spec.steps[0].resources.requests[cpu]"),
+    ("memory-unit", {"limits": {"memory": "1GB"}}, "spec.steps[0].resources.limits[memory]"),
+    ("negative-cpu", {"requests": {"cpu": -1}}, "spec.steps[0].resources.requests[cpu]"),
 ]
 
 

@@ -91,7 +91,7 @@ def test_install_creates_the_chart_objects_and_the_crd(release: Release, kubectl
     sel = f"app.kubernetes.io/instance={release.name}"
     ns = release.namespace
     assert _names(kubectl, "deployments", ns, sel) == ["agentscale", "agentscale-redis"]
-    assert _names(kubectl, "services", ns, sel) == ["agentscale-redis"]
+    assert _names(kubectl, "services", ns, sel) == ["agentscale-metrics", "agentscale-redis"]
     assert _names(kubectl, "poddisruptionbudgets", ns, sel) == ["agentscale"]  # two operator replicas
     assert _names(kubectl, "serviceaccounts", ns, sel) == [release.service_account]
     assert _names(kubectl, "roles", ns, sel) == [release.name]

@@ -29,7 +29,7 @@ RULES_DIR = Path("charts/agentscale/files")
 OWNED_VERBS = ("create", "delete", "list", "patch", "watch")
 # Workflows are read through kopf's index and event handler (list + watch); the operator writes only
 # their status (kube.KubeClient.patch_status, a merge patch on the status subresource).
-WORKFLOW_VERBS = ("list", "watch")
+WORKFLOW_VERBS = ("get", "list", "watch")  # get: confirm a workflow still exists (workflow_controller._still_there)
 WORKFLOW_STATUS_VERBS = ("patch",)
 # The resource controller sets replicas of queue/slo parts through the scale subresource
 # (kube.KubeClient.scale, a server-side apply: a PATCH), never by re-applying the Deployment.

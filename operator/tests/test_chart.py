@@ -76,7 +76,7 @@ def test_cluster_rules_cover_exactly_the_kinds_table() -> None:
     }
     deployments = kinds.owned("Deployment")
     expected[(deployments.group, "deployments/scale")] = {"patch"}
-    expected[(kinds.WORKFLOW.group, kinds.WORKFLOW.plural)] = {"list", "watch"}
+    expected[(kinds.WORKFLOW.group, kinds.WORKFLOW.plural)] = {"get", "list", "watch"}
     expected[(kinds.WORKFLOW.group, f"{kinds.WORKFLOW.plural}/status")] = {"patch"}
     expected[(kinds.POD.group, kinds.POD.plural)] = {"list", "watch"}
     # GPU rebalancing (resource_controller/rebalance_actuator.py): evict, nominate, list nodes
