@@ -27,9 +27,10 @@ RULES_DIR = Path("charts/agentscale/files")
 # both patch and create (kube.KubeClient.apply); delete prunes what the spec no longer wants
 # (reconcile.py); list + watch feed kopf's indexes and event handlers (handlers.py).
 OWNED_VERBS = ("create", "delete", "list", "patch", "watch")
-# Workflows are read through kopf's index and event handler (list + watch); the operator writes only
-# their status (kube.KubeClient.patch_status, a merge patch on the status subresource).
-WORKFLOW_VERBS = ("get", "list", "watch")  # get: confirm a workflow still exists (workflow_controller._still_there)
+# Workflows are read through kopf's index and event handler (list + watch), and one GET confirms a workflow
+# still exists before its deleted children are created again (workflow_controller._still_there); the
+# operator writes only their status (kube.KubeClient.patch_status, a merge patch on the status subresource).
+WORKFLOW_VERBS = ("get", "list", "watch")
 WORKFLOW_STATUS_VERBS = ("patch",)
 # The resource controller sets replicas of queue/slo parts through the scale subresource
 # (kube.KubeClient.scale, a server-side apply: a PATCH), never by re-applying the Deployment.
