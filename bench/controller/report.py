@@ -209,9 +209,11 @@ def section(res: dict[str, Any], w: dict[str, Any] | None, image: str) -> str:
         f"| service time per message | lognormal, median {sv['median_ms']} ms, p95 {sv['p95_ms']} ms, mean "
         f"{sv['mean_ms']} ms (fitted p99 {sv['p99_ms_fitted']} ms; measured p99 {sv['p99_ms_measured']} ms) "
         f"| measured: {sv['source']} |",
-        f"| pod start-up delay (step worker pod) | {sc['startup_s']:g} s | **assumed**, not measured: to be replaced "
-        "by the time from the scale subresource write to the pod's Ready condition for a step pod on a GPU node "
-        "(and on issue 8's real node for a CPU step), measured by an e2e run; `--startup` sets it |",
+        f"| pod start-up delay (step worker pod) | {sc['startup_s']:g} s | **assumed** for GPU step pods (image "
+        "pull and model load not measured); for a CPU step pod whose image is on the node, "
+        "`e2e/tests/test_closed_loop.py` measured 7-18 s (median 10 s, 8 pods) from the `Scaled` Event to Ready "
+        'on the real node (docs/tuning.md, "Closed loop on real pods"), so 30 s is 2-4x conservative there; '
+        "`--startup` sets it |",
         f"| HPA | CPU utilization target {sc['target_cpu']:.0%} (the API's default), busy share as CPU | "
         "Kubernetes' documented algorithm and default behaviour |",
         f"| KEDA-style scaler | target {sc['keda_target']} message(s) per replica, picked on the steady trace "

@@ -31,8 +31,8 @@ from agentscale_worker.metrics import LAT_BUCKETS
 from numpy.typing import NDArray
 
 ASSUMED_STARTUP_S = 30.0
-"""Seconds from a scale-up to a ready pod: ASSUMED, not measured (see docs/benchmarks.md: the time from the
-scale subresource write to Ready of a step pod on a GPU node replaces it)."""
+"""Seconds from a scale-up to a ready pod: ASSUMED for GPU step pods (not measured); CPU step pods with their
+image on the node measured 7-18 s in e2e/tests/test_closed_loop.py (docs/benchmarks.md)."""
 
 
 @dataclass(frozen=True)
