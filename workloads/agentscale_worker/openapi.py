@@ -19,6 +19,15 @@ def _error(description: str, retry: bool = False) -> dict[str, Any]:
     return out
 
 
+def _json(description: str, schema: str) -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{schema}"}
+    return {"description": description, "content": {"application/json": {"schema": ref}}}
+
+
+def _text(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}
+
+
 def openapi(settings: Settings) -> dict[str, Any]:
     max_timeout = int(settings.request_timeout_s * 1000 * 10)
     run_id = {"type": "string", "pattern": f"^{RUN_ID.pattern}$"}
@@ -43,6 +52,11 @@ def openapi(settings: Settings) -> dict[str, Any]:
             "error": {"type": "string"},
             "latency_ms": {"type": "number"},
         },
+    }
+    queued = {
+        "type": "object",
+        "required": ["run_id", "status", "status_url"],
+        "properties": {"run_id": run_id, "status": {"const": "queued"}, "status_url": {"type": "string"}},
     }
     body = {
         "required": True,
@@ -71,6 +85,7 @@ def openapi(settings: Settings) -> dict[str, Any]:
             "schemas": {
                 "RunRequest": request,
                 "RunState": state,
+                "Queued": queued,
                 "Error": {
                     "type": "object",
                     "required": ["error"],
@@ -85,12 +100,7 @@ def openapi(settings: Settings) -> dict[str, Any]:
                     "summary": "run and wait for the result",
                     "requestBody": body,
                     "responses": {
-                        "200": {
-                            "description": "done",
-                            "content": {
-                                "application/json": {"schema": {"$ref": "#/components/schemas/RunState"}}
-                            },
-                        },
+                        "200": _json("done", "RunState"),
                         "500": _error("the run failed (a step's error after its retries)"),
                         "504": _error("not finished within timeout_ms; poll status_url"),
                         **common,
@@ -101,7 +111,7 @@ def openapi(settings: Settings) -> dict[str, Any]:
                 "post": {
                     "summary": "submit a run",
                     "requestBody": body,
-                    "responses": {"202": {"description": "queued: {run_id, status, status_url}"}, **common},
+                    "responses": {"202": _json("queued; poll status_url", "Queued"), **common},
                 }
             },
             "/v1/runs/{run_id}": {
@@ -109,12 +119,7 @@ def openapi(settings: Settings) -> dict[str, Any]:
                     "summary": "a run's state",
                     "parameters": [{"name": "run_id", "in": "path", "required": True, "schema": run_id}],
                     "responses": {
-                        "200": {
-                            "description": "the run",
-                            "content": {
-                                "application/json": {"schema": {"$ref": "#/components/schemas/RunState"}}
-                            },
-                        },
+                        "200": _json("the run", "RunState"),
                         "400": _error("not a valid run id"),
                         "401": common["401"],
                         "404": _error("unknown or expired"),
@@ -123,15 +128,23 @@ def openapi(settings: Settings) -> dict[str, Any]:
                     },
                 }
             },
-            "/healthz": {"get": {"security": [], "responses": {"200": {"description": "alive"}}}},
+            "/healthz": {"get": {"security": [], "responses": {"200": _text("alive")}}},
             "/readyz": {
                 "get": {
                     "security": [],
-                    "responses": {"200": {"description": "Redis reachable"}, "503": {"description": "not"}},
+                    "responses": {"200": _text("Redis reachable"), "503": _text("Redis unreachable")},
                 }
             },
             "/openapi.json": {
-                "get": {"security": [], "responses": {"200": {"description": "this document"}}}
+                "get": {
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "this document",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
             },
         },
     }
