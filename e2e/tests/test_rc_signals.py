@@ -287,7 +287,7 @@ def test_lag_scales_up_prometheus_down_holds_and_says_so_then_decisions_resume(
     assert cond["reason"] == "MetricsAvailable", cond
     wait_for(lambda: replicas(kubectl, ns)[0] == 6, timeout=90, interval=1, message="rcs-q scaled to 6")
     last = wait_for(lambda: decision(6), timeout=30, interval=1, message="lastScalingDecision 5 -> 6")
-    assert last["reason"].startswith("queue lag 60 > 10/replica x 5") and last["fromReplicas"] == 5, last
+    assert "lag 60" in last["reason"] and last["fromReplicas"] == 5, last  # either rule, as above
 
     # The controller's own metrics, served by the operator process.
     assert loop.metric("agentscale_rc_leader") == 1.0
