@@ -13,11 +13,12 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from agentscale.api.base import Advice, cel, dns_label_example
 from agentscale.api.base import Model as _Model
+from agentscale.api.caching import ResponseCache, ResultCache, response_cache_memory_problem
 from agentscale.api.placement import Placement
 from agentscale.api.pods import GatewayAuth, NetworkPolicySpec, ServiceAccountSpec
 
@@ -146,6 +147,7 @@ ResourceName = Annotated[str, BeforeValidator(_resource_name)]
 DEFAULT_PROBE_TIMEOUT_SECONDS = 5
 DEFAULT_TMP_SIZE_LIMIT = "1Gi"
 DEFAULT_MODEL_VOLUME_SIZE_LIMIT = "64Gi"
+DEFAULT_TRITON_MEMORY_LIMIT = "16Gi"  # a model server's memory limit unless its resources say otherwise
 
 
 def _probe_timeout() -> Any:
@@ -564,6 +566,27 @@ class ModelServer(_Model):
         max_length=64,
         description="Extra annotations on every pod (sidecar injection, cost tags, test usage).",
     )
+    responseCache: ResponseCache | None = Field(
+        None,
+        description=(
+            "Triton's response cache for this model (off when omitted): identical requests are answered "
+            "without running the model. See docs/tuning.md, Caching."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _cache_fits_in_memory(self) -> ModelServer:
+        res = self.resources
+        text = res.limits.get("memory")
+        if text is None:  # the renderer's default limit, or the request where that is larger
+            request = res.requests.get("memory", 0)
+            big = (parse_quantity(request) or 0) > (parse_quantity(DEFAULT_TRITON_MEMORY_LIMIT) or 0)
+            text = request if big else DEFAULT_TRITON_MEMORY_LIMIT
+        limit = parse_quantity(text) or Decimal(0)
+        problem = response_cache_memory_problem(self.responseCache, limit, str(text))
+        if problem:
+            raise PydanticCustomError("cache_memory", problem)
+        return self
 
 
 # --------------------------------------------------------------------------------------------- steps
@@ -648,6 +671,13 @@ class Step(_Model):
         default_factory=list,
         max_length=MAX_NEXT,
         description="Steps this one feeds (the workflow is a DAG; a step with several inputs joins them).",
+    )
+    resultCache: ResultCache | None = Field(
+        None,
+        description=(
+            "Keep this step's outputs in Redis by input, so a repeated input skips the step (off when "
+            "omitted). The step must be deterministic in its input. See docs/tuning.md, Caching."
+        ),
     )
 
 

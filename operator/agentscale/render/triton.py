@@ -6,14 +6,14 @@ import hashlib
 import json
 from typing import Any
 
-from agentscale.api.models import AgentWorkflow, Backend, BatchKind, ModelServer
+from agentscale.api.models import DEFAULT_TRITON_MEMORY_LIMIT, AgentWorkflow, Backend, BatchKind, ModelServer
 from agentscale.render import labels as L
 from agentscale.render import pods
 
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 MODEL_ROOT = "/models"
 TRITON_DEFAULT_REQUESTS = {"cpu": "1", "memory": "2Gi"}
-TRITON_DEFAULT_MEMORY_LIMIT = "16Gi"
+TRITON_DEFAULT_MEMORY_LIMIT = DEFAULT_TRITON_MEMORY_LIMIT
 # The init container that copies the model: cp needs little memory (page cache is reclaimable).
 STAGE_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}}
 
@@ -56,7 +56,17 @@ def config_pbtxt(model: ModelServer) -> str:
         lines.append(
             f"parameters: {{\n  key: {_q(key)}\n  value: {{ string_value: {_q(model.parameters[key])} }}\n}}"
         )
+    if model.responseCache is not None and model.responseCache.enabled:
+        lines.append("response_cache {\n  enable: true\n}")
     return "\n".join(lines) + "\n"
+
+
+def cache_args(model: ModelServer) -> list[str]:
+    """The server arguments of the model's response cache: Triton's local cache of ``responseCache.size``
+    bytes (one model per server, so the server's cache is this model's); none without the cache."""
+    if model.responseCache is None or not model.responseCache.enabled:
+        return []
+    return [f"--cache-config=local,size={model.responseCache.size_bytes()}"]
 
 
 def config_map_name(wf: AgentWorkflow, model: ModelServer) -> str:
@@ -134,6 +144,7 @@ def deployment(wf: AgentWorkflow, model: ModelServer) -> dict[str, Any]:
             f"--allow-gpu-metrics={'true' if model.gpu is not None else 'false'}",
             "--strict-readiness=true",
             "--log-verbose=0",
+            *cache_args(model),
         ],
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},

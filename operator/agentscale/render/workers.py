@@ -9,6 +9,7 @@ the pods (the chart's PodMonitor), not through it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -74,9 +75,42 @@ def step_env(wf: AgentWorkflow, step: Step) -> list[dict[str, Any]]:
         {"name": "AGENTSCALE_LOAD_BALANCING", "value": step.loadBalancing.value},
         {"name": "AGENTSCALE_MAX_DELIVERIES", "value": str(step.maxDeliveries)},
     ]
+    env += result_cache_env(wf, step)
     # User env last, so a user can override a default on purpose.
     env += [e.model_dump(exclude_none=True) for e in step.env]
     return env
+
+
+def result_cache_version(wf: AgentWorkflow, step: Step) -> str:
+    """What a cached output of ``step`` depends on besides its input, hashed into every cache key: the
+    spec's ``resultCache.version``, what the step runs (image, command, arguments, environment) and what its
+    model server runs (image, repository, backend, parameters). Changing any of them starts a fresh cache;
+    scaling, resources and placement do not."""
+    assert step.resultCache is not None
+    parts: dict[str, Any] = {
+        "version": step.resultCache.version,
+        "step": step.model_dump(mode="json", include={"name", "image", "command", "args", "env", "model"}),
+    }
+    model = next((m for m in wf.spec.models if m.name == step.model), None)
+    if model is not None:
+        parts["model"] = model.model_dump(
+            mode="json", include={"name", "image", "modelRepository", "backend", "parameters"}
+        )
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def result_cache_env(wf: AgentWorkflow, step: Step) -> list[dict[str, Any]]:
+    """The step's result cache settings for the worker (``agentscale_worker.step_cache``); none when off."""
+    cache = step.resultCache
+    if cache is None or not cache.enabled:
+        return []
+    return [
+        {"name": "AGENTSCALE_RESULT_CACHE_TTL_S", "value": str(cache.ttlSeconds)},
+        {"name": "AGENTSCALE_RESULT_CACHE_MAX_ENTRIES", "value": str(cache.maxEntries)},
+        {"name": "AGENTSCALE_RESULT_CACHE_MAX_ENTRY_BYTES", "value": str(cache.maxEntryBytes)},
+        {"name": "AGENTSCALE_RESULT_CACHE_VERSION", "value": result_cache_version(wf, step)},
+    ]
 
 
 def _probes(ready_port: str, ready_path: str, timeout: int) -> dict[str, Any]:
