@@ -134,6 +134,7 @@ class TritonServer:
     metrics_port: int = field(default_factory=free_port)
     repeat: int = 1
     config_overrides: dict[str, str] = field(default_factory=dict)  # model -> config.pbtxt text
+    extra_args: list[str] = field(default_factory=list)  # more server arguments (e.g. --cache-config)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -171,6 +172,8 @@ class TritonServer:
             "--allow-gpu-metrics=false",
             "--log-verbose=0",
             "--strict-readiness=true",
+            f"--cache-directory={root / 'caches'}",  # the wheel's response cache (used with --cache-config)
+            *self.extra_args,
         ]
         log = open(self.workdir / "triton.log", "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -162,6 +162,11 @@ class Settings:
     max_json_depth: int = 32
     parse_concurrency: int = 4  # bodies parsed and validated at once (in worker threads)
     body_budget_bytes: int = 64 << 20  # request bytes read and not yet parsed, all requests together
+    # the step's result cache (step_cache.py; docs/dataplane.md); ttl 0: no cache
+    result_cache_ttl_s: int = 0
+    result_cache_max_entries: int = 10_000
+    result_cache_max_entry_bytes: int = 1 << 20
+    result_cache_version: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -199,6 +204,12 @@ class Settings:
             body_budget_bytes=max(
                 1 << 20, int(_env(e, "AGENTSCALE_GATEWAY_BODY_BUDGET_BYTES", str(64 << 20)))
             ),
+            result_cache_ttl_s=max(0, int(_env(e, "AGENTSCALE_RESULT_CACHE_TTL_S", "0"))),
+            result_cache_max_entries=max(1, int(_env(e, "AGENTSCALE_RESULT_CACHE_MAX_ENTRIES", "10000"))),
+            result_cache_max_entry_bytes=max(
+                1, int(_env(e, "AGENTSCALE_RESULT_CACHE_MAX_ENTRY_BYTES", str(1 << 20)))
+            ),
+            result_cache_version=_env(e, "AGENTSCALE_RESULT_CACHE_VERSION", ""),
         )
         values.update(overrides)
         s = cls(**values)

@@ -79,6 +79,31 @@ MESSAGES = Counter(
 )
 RETRIES = Counter("agentscale_retries_total", "Handler attempts that failed and were retried", STEP_LABELS)
 RECLAIMED = Counter("agentscale_reclaimed_total", "Messages reclaimed from dead consumers", STEP_LABELS)
+STEP_CACHE_HITS = Counter(
+    "agentscale_step_cache_hits_total",
+    "Messages answered from the step's result cache (the step did not run)",
+    STEP_LABELS,
+)
+STEP_CACHE_MISSES = Counter(
+    "agentscale_step_cache_misses_total",
+    "Result cache lookups that found nothing (the step ran)",
+    STEP_LABELS,
+)
+STEP_CACHE_EVICTIONS = Counter(
+    "agentscale_step_cache_evictions_total",
+    "Result cache entries evicted to keep the step's maxEntries bound (least recently used first)",
+    STEP_LABELS,
+)
+STEP_CACHE_SKIPPED = Counter(
+    "agentscale_step_cache_skipped_total",
+    "Outputs not stored in the result cache because they exceed maxEntryBytes",
+    STEP_LABELS,
+)
+STEP_CACHE_ERRORS = Counter(
+    "agentscale_step_cache_errors_total",
+    "Result cache operations that failed (op get: the step ran; op put: the output was not stored)",
+    [*STEP_LABELS, "op"],
+)
 GATEWAY_REQUESTS = Counter(
     "agentscale_gateway_requests_total",
     "Gateway requests by route and status code",

@@ -10,7 +10,9 @@ messages in flight.
 :class:`StepWorker` owns the lifecycle and the handling of one message; its background jobs live in modules
 of their own: ``consume`` (strict priority across the lanes), ``reclaim`` (XAUTOCLAIM from dead consumers),
 ``heartbeat`` (keep our own pending messages alive) and ``queue_stats`` (lag metrics), sharing the
-:class:`~agentscale_worker.inflight.InFlight` book of messages held."""
+:class:`~agentscale_worker.inflight.InFlight` book of messages held. With a result cache
+(``AGENTSCALE_RESULT_CACHE_TTL_S``), a message whose input the step has answered before is published from
+``step_cache`` without running the handler."""
 
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ from .lanes import LANES
 from .publish import Publisher
 from .queue_stats import queue_stats_loop
 from .reclaim import reclaim_loop
+from .step_cache import StepCache
 from .triton import ModelClient, ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,19 @@ class StepWorker:
             settings.redis_url, settings.redis_max_connections, settings.redis_pool_timeout_s
         )
         self.publisher = Publisher(self.redis, settings)
+        self.cache: StepCache | None = None
+        if settings.result_cache_ttl_s > 0:
+            self.cache = StepCache(
+                self.redis,
+                self.prefix,
+                settings.step,
+                settings.model,
+                self.labels,
+                settings.result_cache_ttl_s,
+                settings.result_cache_max_entries,
+                settings.result_cache_max_entry_bytes,
+                settings.result_cache_version,
+            )
         self.inflight = InFlight(self.streams, settings.concurrency, self._handle, self.labels)
         self._abandoned = False
         self._stopping = asyncio.Event()
@@ -155,14 +171,23 @@ class StepWorker:
         attempt = deliveries_before
         error = ""
         output: Any = None
+        json_out = ""
         ok = False
+        cache_key = ""  # set when the step has a result cache and the lookup missed: store the output
         unavailable_since = 0.0  # when the model became unavailable to this message (0: it is not)
         unavailable_tries = 0
         try:
             payload = json.loads(fields["data"])
         except (KeyError, json.JSONDecodeError) as e:
             payload, error, attempt = None, f"undecodable message: {e}", self.settings.max_deliveries
-        while not error and attempt < self.settings.max_deliveries:
+        if self.cache is not None and not error:
+            key = self.cache.key(payload, fields.get("from", ""))
+            cached = await self.cache.get(key)
+            if cached is not None:
+                json_out, ok = cached, True
+            else:
+                cache_key = key
+        while not ok and not error and attempt < self.settings.max_deliveries:
             attempt += 1
             try:
                 output = await self._call(StepContext(self, run_id, attempt, fields.get("from", "")), payload)
@@ -207,6 +232,8 @@ class StepWorker:
                 if t0:
                     e2e = metrics.E2E_LATENCY.labels(self.settings.namespace, self.settings.workflow)
                     e2e.observe(max(0.0, time.time() - t0))
+            if cache_key and self.cache is not None:  # after publishing: the run does not wait for it
+                await self.cache.put(cache_key, json_out)
         else:
             await self._redis_retry(lambda: pub.dead_letter(msg_id, fields, run_id, error, attempt, stream))
             outcome = "dead_letter"
