@@ -1,0 +1,150 @@
+"""The three case studies, untuned against tuned, on this machine's real data plane.
+
+    .venv/bin/python -m bench.casestudies.run            # all three, ~15 min on 2 cores
+    .venv/bin/python -m bench.casestudies.run --quick    # shorter (~6 min): results/casestudies-quick.json
+    .venv/bin/python -m bench.casestudies.run --case recommendation --no-caches
+
+For each example (workloads/examples/{recommendation,voice-assistant,perception}.yaml) and each variant
+(``variants.untuned`` / ``variants.tuned``, the same replica budget), a fresh data plane (``plane.running``):
+
+1. untuned: a short warm-up, then the capacity ramp (``traffic.ramp``: the highest Poisson rate whose p95 is
+   within the example's SLO); its capacity C is the comparison load;
+2. untuned, after it drained: the comparison point, Poisson at C for ``compare_s`` (arrival seed 7);
+3. tuned, on a fresh plane: a warm-up at C/2 (another seed), the comparison point at C with the same arrivals
+   and the same request bodies as in 2, then its own ramp (its throughput at the SLO).
+
+Writes results/casestudies.json; ``python -m bench.casestudies.report`` turns it into docs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from . import plane as dp
+from . import traffic, variants
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# case -> (traffic, steps that get the result cache when tuned)
+TRAFFIC = {
+    "recommendation": (lambda: traffic.zipf_traffic(), ("*",)),
+    "voice-assistant": (lambda: traffic.unique_traffic("voice-assistant", ("audio", 0)), ()),
+    "perception": (lambda: traffic.unique_traffic("driving-perception", ("image", 0, 0, 0)), ()),
+}
+ARTICLE = {  # what the seed article reports tuning bought, per case study
+    "recommendation": {"p95_change": -0.50, "what": "response time -50%"},
+    "voice-assistant": {"p95_change": -0.60, "what": "response time -60%"},
+    "perception": {
+        "p95_change": -0.40,
+        "what": "response time -40%; +50% throughput (high-resolution images)",
+    },
+}
+
+
+def machine() -> dict[str, Any]:
+    from bench.dataplane.stack import machine as describe
+
+    return {"machine": describe(), "nproc": os.cpu_count(), "load_at_start": os.getloadavg()}
+
+
+def save(name: str, data: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    return path
+
+
+async def compare_point(plane: dp.Plane, t: traffic.Traffic, rate: float, seconds: float) -> dict[str, Any]:
+    await plane.drain()
+    before = plane.metrics()
+    p = await traffic.measure(plane.gateway_url, t, rate, seconds, seed=7, offset=0)
+    p["metrics"] = traffic.delta(before, plane.metrics())
+    p["load1"] = os.getloadavg()[0]
+    return p
+
+
+async def warm_up(plane: dp.Plane, t: traffic.Traffic, rate: float, seconds: float) -> None:
+    await traffic.measure(plane.gateway_url, t, max(1.0, rate), seconds, seed=99, offset=700_000)
+
+
+def case(name: str, quick: bool, caches: bool) -> dict[str, Any]:
+    manifest = variants.example(name)
+    spec = manifest["spec"]
+    make_traffic, cache_steps = TRAFFIC[name]
+    t = make_traffic()
+    slo = float(spec["slo"]["p95LatencyMs"])
+    point_s, compare_s, warm_s, points = (3.0, 8.0, 2.0, 6) if quick else (6.0, 20.0, 4.0, 9)
+    specs = {
+        "untuned": variants.untuned(spec),
+        "tuned": variants.tuned(spec, cache_steps=cache_steps if caches else (), response_cache=caches),
+    }
+    out: dict[str, Any] = {
+        "workflow": manifest["metadata"]["name"],
+        "example": f"workloads/examples/{variants.CASES[name]}",
+        "slo_p95_ms": slo,
+        "traffic": t.describe,
+        "settings": {k: variants.describe(v) for k, v in specs.items()},
+        "article": ARTICLE[name],
+        "point_s": point_s,
+        "compare_s": compare_s,
+    }
+    started = time.monotonic()
+    with dp.running(variants.workflow(manifest, specs["untuned"])) as plane:
+        asyncio.run(warm_up(plane, t, 2, warm_s))
+        ramp = asyncio.run(traffic.ramp(plane, t, slo, point_s, 5.0, points, observe=plane.metrics))
+        capacity = ramp["capacity_rps"]
+        if not capacity:
+            raise RuntimeError(f"{name}: untuned met its SLO at no rate: {ramp['points']}")
+        out["untuned"] = {"ramp": ramp, "compare": asyncio.run(compare_point(plane, t, capacity, compare_s))}
+    with dp.running(variants.workflow(manifest, specs["tuned"])) as plane:
+        asyncio.run(warm_up(plane, t, capacity / 2, warm_s))
+        cmp = asyncio.run(compare_point(plane, t, capacity, compare_s))
+        ramp = asyncio.run(traffic.ramp(plane, t, slo, point_s, capacity, points, observe=plane.metrics))
+        out["tuned"] = {"ramp": ramp, "compare": cmp}
+    out["compare_rps"] = capacity
+    u, v = out["untuned"]["compare"], out["tuned"]["compare"]
+    out["ratios"] = {
+        "p50": v["p50_ms"] / u["p50_ms"],
+        "p95": v["p95_ms"] / u["p95_ms"],
+        "throughput_at_slo": out["tuned"]["ramp"]["capacity_rps"] / capacity,
+    }
+    out["seconds"] = time.monotonic() - started
+    print(f"{name}: {json.dumps(out['ratios'])} at {capacity:.1f} req/s", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m bench.casestudies.run")
+    parser.add_argument(
+        "--quick", action="store_true", help="shorter points (results/casestudies-quick.json)"
+    )
+    parser.add_argument(
+        "--case", action="append", choices=sorted(variants.CASES), help="only these (repeatable)"
+    )
+    parser.add_argument(
+        "--no-caches", action="store_true", help="tuned without the response and result caches"
+    )
+    args = parser.parse_args(argv)
+    caches = variants.has_caching() and not args.no_caches
+    data: dict[str, Any] = {
+        **machine(),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "quick": args.quick,
+        "caches": caches,
+        "cases": {},
+    }
+    name = "casestudies-quick" if args.quick else "casestudies"
+    for c in args.case or list(variants.CASES):
+        data["cases"][c] = case(c, args.quick, caches)
+        data["load_at_end"] = os.getloadavg()
+        save(name, data)  # after every case: a later failure keeps what was measured
+    print(f"wrote {RESULTS / name}.json")
+    return data
+
+
+if __name__ == "__main__":
+    main()

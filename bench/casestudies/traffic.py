@@ -1,0 +1,251 @@
+"""What the case studies send and how they measure it: request bodies, open-loop runs against the gateway,
+the capacity ramp.
+
+Traffic per case: the recommender gets shoppers' queries in a Zipf mix (``s`` = 1.1 over 10,000 distinct
+queries: a few queries are very frequent, as in e-commerce search); the voice assistant and the perception
+pipeline get a new utterance or camera frame with every request (the example's sample input with its first
+value made unique per request), so nothing they send repeats."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import numpy as np
+from agentscale_worker.examples import sample_input
+
+from bench.dataplane.openloop import open_loop
+
+MODIFIERS = [
+    "red",
+    "black",
+    "white",
+    "blue",
+    "cheap",
+    "wireless",
+    "organic",
+    "kids",
+    "mens",
+    "womens",
+    "large",
+    "small",
+    "vintage",
+    "leather",
+]
+MODIFIERS += [
+    "waterproof",
+    "portable",
+    "gaming",
+    "smart",
+    "outdoor",
+    "running",
+    "summer",
+    "winter",
+    "steel",
+    "wooden",
+    "bamboo",
+]
+NOUNS = [
+    "shoes",
+    "headphones",
+    "laptop",
+    "bag",
+    "jacket",
+    "watch",
+    "chair",
+    "lamp",
+    "mug",
+    "bottle",
+    "tent",
+    "camera",
+]
+NOUNS += ["phone case", "backpack", "desk", "speaker", "blender", "kettle", "sofa", "rug"]
+SUFFIXES = ["", "sale", "deal", "gift", "set", "pro", "mini", "2026", "for travel", "under 50", "best rated"]
+SUFFIXES += ["on sale", "bundle", "refurbished", "new", "xl", "pack", "kit", "plus", "lite"]
+
+
+def queries(n: int = 10_000) -> list[str]:
+    """``n`` distinct shopper queries (at most 25 x 20 x 20 = 10,000), in a fixed order: rank 1 first."""
+    out = [" ".join(filter(None, (m, w, s))) for s, m, w in itertools.product(SUFFIXES, MODIFIERS, NOUNS)]
+    if n > len(out):
+        raise ValueError(f"at most {len(out)} distinct queries")
+    return out[:n]
+
+
+def zipf_ranks(count: int, n: int, s: float, seed: int) -> Any:
+    """``count`` draws of a rank in [0, n) with P(rank r) proportional to 1 / (r + 1) ** s."""
+    w = 1.0 / np.arange(1, n + 1) ** s
+    return np.random.default_rng(seed).choice(n, size=count, p=w / w.sum())
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Request bodies by arrival index: ``body(i)`` is the JSON of the i-th request."""
+
+    kind: str
+    body: Callable[[int], bytes]
+    describe: str
+
+
+def zipf_traffic(n: int = 10_000, s: float = 1.1, seed: int = 0, count: int = 200_000) -> Traffic:
+    qs = [json.dumps({"input": {"query": q}, "timeout_ms": 30_000}).encode() for q in queries(n)]
+    ranks = zipf_ranks(count, n, s, seed)
+    return Traffic(
+        "zipf", lambda i: qs[ranks[i % count]], f"Zipf s={s} over {n} distinct queries, seed {seed}"
+    )
+
+
+SENTINEL = 0.123456789
+
+
+def unique_traffic(workflow: str, path: tuple[Any, ...], variants: int = 16) -> Traffic:
+    """The example's sample inputs (``variants`` of them), the value at ``path`` set per request to a value
+    no other request has (0.1 + i x 1e-6, within every example's bounds), so no request repeats."""
+    parts: list[tuple[bytes, bytes]] = []
+    for seed in range(variants):
+        x = sample_input(workflow, seed)
+        node = x
+        for k in path[:-1]:
+            node = node[k]
+        node[path[-1]] = SENTINEL
+        text = json.dumps({"input": x, "timeout_ms": 30_000})
+        head, sep, tail = text.partition(repr(SENTINEL))
+        if not sep:
+            raise ValueError(f"{workflow}: the value at {path} did not serialise as expected")
+        parts.append((head.encode(), tail.encode()))
+    return Traffic(
+        "unique",
+        lambda i: (
+            parts[i % variants][0] + f"{0.1 + (i % 800_000) * 1e-6:.7f}".encode() + parts[i % variants][1]
+        ),
+        f"every request a new input (sample inputs of {workflow} with {'/'.join(map(str, path))} unique)",
+    )
+
+
+class GatewayClient:
+    """POST /v1/runs/sync; anything but 200 raises (429 shed, 5xx, timeouts count as errors)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url + "/v1/runs/sync"
+        self.session: aiohttp.ClientSession | None = None
+        self.statuses: dict[int, int] = {}
+
+    async def __aenter__(self) -> GatewayClient:
+        conn = aiohttp.TCPConnector(limit=0)
+        self.session = aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=60))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.session
+        await self.session.close()
+
+    async def post(self, body: bytes) -> None:
+        assert self.session
+        async with self.session.post(self.url, data=body, headers={"Content-Type": "application/json"}) as r:
+            await r.read()
+            self.statuses[r.status] = self.statuses.get(r.status, 0) + 1
+            if r.status != 200:
+                raise RuntimeError(f"HTTP {r.status}")
+
+
+async def measure(
+    url: str, traffic: Traffic, rate: float, seconds: float, seed: int, offset: int = 0
+) -> dict[str, Any]:
+    """One open-loop point: Poisson arrivals at ``rate`` for ``seconds`` (arrival times from ``seed``; the
+    i-th arrival sends ``traffic.body(offset + i)``)."""
+    async with GatewayClient(url) as client:
+        out = await open_loop(
+            lambda i: client.post(traffic.body(offset + i)), rate, seconds, seed=seed, drain_s=30
+        )
+        out["statuses"] = {str(k): v for k, v in sorted(client.statuses.items())}
+    return out
+
+
+def meets(point: dict[str, Any], slo_p95_ms: float) -> bool:
+    """A point is within the SLO: p95 of the answered runs at most the target, at most 5% of the runs not
+    answered (shed with 429 by the gateway's admission control, or failed: as if they took longer than the
+    p95), and it kept up (completions at least 90% of the offered rate)."""
+    ok = point["sent"] - point["errors"]
+    return (
+        math.isfinite(point["p95_ms"])
+        and point["p95_ms"] <= slo_p95_ms
+        and point["errors"] <= 0.05 * max(1, point["sent"])
+        and ok > 0
+        and point["achieved_rps"] >= 0.9 * point["offered_rps"]
+    )
+
+
+async def ramp(
+    plane: Any,
+    traffic: Traffic,
+    slo_p95_ms: float,
+    seconds: float,
+    start_rps: float,
+    max_points: int,
+    seed: int = 1,
+    observe: Callable[[], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Find the highest Poisson rate within the SLO: double from ``start_rps`` until a point fails, then
+    step by 1.2x from the last rate that passed. Every point gets the same arrival seed; the system drains
+    (no run in flight) before each. ``observe()`` (metrics) is read before and after every point."""
+    points: list[dict[str, Any]] = []
+    best = 0.0
+
+    async def point(rate: float) -> bool:
+        nonlocal best
+        await plane.drain()
+        before = observe() if observe else {}
+        p = await measure(plane.gateway_url, traffic, rate, seconds, seed, offset=len(points) * 100_000)
+        if observe:
+            p["metrics"] = delta(before, observe())
+        p["meets_slo"] = meets(p, slo_p95_ms)
+        p["load1"] = os.getloadavg()[0]
+        points.append(p)
+        if p["meets_slo"]:
+            best = max(best, rate)
+        return bool(p["meets_slo"])
+
+    rate = start_rps
+    while len(points) < max_points and not await point(rate) and rate > 0.5:
+        rate /= 2  # even the first rate was too much: halve until one passes
+    rate = best * 2
+    while best and len(points) < max_points and await point(rate):
+        rate *= 2
+    rate = best * 1.2
+    while best and len(points) < max_points and rate < 2 * best and await point(rate):
+        rate *= 1.2
+    return {"capacity_rps": best, "points": points}
+
+
+KEEP = (
+    "nv_inference_request_success",
+    "nv_inference_exec_count",
+    "nv_inference_count",
+    "nv_cache_num_",
+    "agentscale_step_cache",
+    "agentscale_result_cache",
+    "agentscale_messages_total",
+)
+
+
+def delta(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]
+) -> dict[str, dict[str, float]]:
+    """Counter increases per part between two ``Plane.metrics()`` readings (the counters used here)."""
+    out: dict[str, dict[str, float]] = {}
+    for part, now in after.items():
+        was = before.get(part, {})
+        d = {
+            k: v - was.get(k, 0.0)
+            for k, v in now.items()
+            if k.startswith(KEEP) and not k.endswith("_created")
+        }
+        if d:
+            out[part] = d
+    return out
