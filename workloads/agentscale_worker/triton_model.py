@@ -2,8 +2,10 @@
 
 Each ``workloads/models/<name>/1/model.py`` is a few-line entry point that puts the folders named in
 ``AGENTSCALE_MODEL_SITE`` in front of ``sys.path`` (the backend stub ignores PYTHONPATH and virtual
-environments) and imports :class:`TritonPythonModel` from here. The model's name (from its config) selects the
-network in ``agentscale_worker.examples.nets``, the numpy module the tests also call directly.
+environments) and imports :class:`TritonPythonModel` from here. The model's name (from its config) selects
+the PyTorch network that ``agentscale_worker.examples.nets.build`` makes, the function the tests also call
+directly; it runs under ``torch.inference_mode`` on ``cuda`` when Triton places the instance on a GPU
+(``KIND_GPU``) and torch sees one, else on the CPU: the same code on both.
 ``auto_complete_config`` declares inputs, outputs and batching, so the operator's config.pbtxt needs only
 name, backend, max_batch_size, dynamic_batching, instance_group and parameters.
 
@@ -75,7 +77,9 @@ class TritonPythonModel:
         nets = _nets(config)
         self.name = config["name"]
         self.spec = nets.SPECS[self.name]
-        self.net = nets.build(self.name, seed=int(_param(config, "agentscale_seed", "0") or 0))
+        kind, device_id = args.get("model_instance_kind", "CPU"), args.get("model_instance_device_id", 0)
+        device = nets.device_for(kind, device_id)
+        self.net = nets.build(self.name, seed=int(_param(config, "agentscale_seed", "0") or 0), device=device)
         self.repeat = max(
             1, int(_param(config, "agentscale_repeat", "") or os.environ.get("AGENTSCALE_MODEL_REPEAT", "1"))
         )
@@ -98,7 +102,7 @@ class TritonPythonModel:
         start = 0
         for n in sizes:
             tensors = [
-                pb_utils.Tensor(t.name, np.ascontiguousarray(out[t.name][start : start + n]).astype(t.dtype))
+                pb_utils.Tensor(t.name, np.ascontiguousarray(out[t.name][start : start + n], dtype=t.dtype))
                 for t in self.spec.outputs
             ]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))

@@ -18,6 +18,7 @@ WORKFLOWS: dict[str, dict[str, tuple[str | None, tuple[str, ...], str]]] = {
         "rank": ("ranker", (), f"{MOD}.recommendation:rank"),
     },
     "voice-assistant": {
+        "detect-speech": ("vad", ("transcribe",), f"{MOD}.voice:detect_speech"),
         "transcribe": ("asr", ("understand",), f"{MOD}.voice:transcribe"),
         "understand": ("nlu", ("synthesize",), f"{MOD}.voice:understand"),
         "synthesize": ("tts", (), f"{MOD}.voice:synthesize"),
@@ -76,7 +77,11 @@ def sample_input(workflow: str, seed: int = 0) -> dict[str, Any]:
         words = ["red", "running", "shoes", "wireless", "headphones", "cheap", "laptop", "bag", "coffee"]
         return {"query": " ".join(rng.choice(words, size=3).tolist())}
     if workflow == "voice-assistant":
-        return {"audio": rng.uniform(-1, 1, nets.AUDIO_LEN).round(4).tolist()}
+        # speech somewhere inside the second, over faint noise (the VAD step finds it)
+        start = int(rng.integers(0, nets.AUDIO_LEN // 4))
+        stop = int(rng.integers(nets.AUDIO_LEN // 2, nets.AUDIO_LEN))
+        audio = voice.synth_speech(seed=seed, start=start, stop=stop) + rng.normal(0, 0.003, nets.AUDIO_LEN)
+        return {"audio": np.clip(audio, -1, 1).round(4).tolist()}
     if workflow == "driving-perception":
         img = rng.uniform(0, 1, (3, nets.IMG, nets.IMG)).round(4)
         return {"image": img.tolist(), "speed": 12.5, "tracks": [{"id": 7, "box": [0.5, 0.5, 0.2, 0.2]}]}

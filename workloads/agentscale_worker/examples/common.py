@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import zlib
 from typing import Any
 
@@ -26,13 +27,24 @@ def floats(a: NDArray[Any]) -> list[Any]:
     return np.asarray(a, dtype=np.float64).tolist()  # type: ignore[no-any-return]
 
 
+def text_tensor(text: str) -> NDArray[Any]:
+    """One sample of a string input (Triton BYTES, dims [1]): the UTF-8 bytes in an object array."""
+    return np.array([text.encode()], dtype=object)
+
+
+@functools.cache
+def local_net(model: str) -> nets.Net:
+    """The model's network on the CPU, built once per process (MiniLM takes seconds to load)."""
+    return nets.build(model)
+
+
 class LocalContext:
-    """Stands in for the runtime's StepContext: calls the numpy network directly (batch of one).
+    """Stands in for the runtime's StepContext: calls the torch network directly (batch of one).
 
     Used to compute reference outputs in tests and benchmarks; never on the serving path."""
 
     def __init__(self, model: str | None, run_id: str = "local") -> None:
-        self.net = nets.build(model) if model else None
+        self.net = local_net(model) if model else None
         self.run_id = run_id
         self.attempt = 1
 

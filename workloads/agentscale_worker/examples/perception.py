@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 
 from . import nets
 
-SCORE_MIN = 0.3  # the untrained detector scores around 0.2-0.35: keeps a handful
+SCORE_MIN = 0.3  # the seeded detector scores its cells 0.14-0.37: keeps a handful (nets_vision.SCORE_BIAS)
 
 
 MAX_TRACKS = 256

@@ -1,4 +1,5 @@
-"""shop-recs: encode (query-encoder) -> retrieve (top-k against the item catalog, CPU) -> rank (ranker)."""
+"""shop-recs: encode (query-encoder: all-MiniLM-L6-v2 on the query text) -> retrieve (top-k against the item
+catalog, CPU) -> rank (ranker)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import nets
-from .common import floats, word_tokens
+from .common import floats, text_tensor
 
 
 @functools.cache
@@ -28,13 +29,13 @@ def validate(payload: Any) -> str | None:
         return f"unknown fields {sorted(str(k)[:40] for k in payload if k != 'query')[:5]}; allowed: query"
     if not payload["query"].strip():
         return "field 'query' must not be empty"
-    if len(payload["query"]) > 1000:
-        return "field 'query' is longer than 1000 characters"
+    if len(payload["query"]) > nets.QUERY_MAX_CHARS:
+        return f"field 'query' is longer than {nets.QUERY_MAX_CHARS} characters"
     return None
 
 
 async def encode(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
-    out = await ctx.infer({"QUERY_TOKENS": word_tokens(payload["query"])})
+    out = await ctx.infer({"QUERY_TEXT": text_tensor(payload["query"])})
     return {"query": payload["query"], "embedding": floats(out["EMBEDDING"])}
 
 
