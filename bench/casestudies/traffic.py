@@ -93,7 +93,21 @@ class Traffic:
     describe: str
 
 
-def zipf_traffic(n: int = 10_000, s: float = 1.1, seed: int = 0, count: int = 200_000) -> Traffic:
+BLOCK = 50_000  # request indices per measurement: more than any point sends (400 runs/s x 6 s x 2)
+UNIQUE_SPAN = 850_000  # distinct values of the unique traffic (0.1 + i x 1e-6 stays below 0.95)
+
+
+def block(what: str, k: int = 0) -> int:
+    """First request index of a measurement, so that no two measurements of one plane send the same
+    requests (only the comparison point repeats, by design, across variants): the comparison 0, the
+    warm-up 1, ramp point k 2 + k."""
+    first = {"compare": 0, "warm-up": 1, "ramp": 2}[what] + k
+    if (first + 1) * BLOCK > UNIQUE_SPAN:
+        raise ValueError(f"ramp point {k}: at most {UNIQUE_SPAN // BLOCK - 2} points")
+    return first * BLOCK
+
+
+def zipf_traffic(n: int = 10_000, s: float = 1.1, seed: int = 0, count: int = UNIQUE_SPAN) -> Traffic:
     qs = [json.dumps({"input": {"query": q}, "timeout_ms": 30_000}).encode() for q in queries(n)]
     ranks = zipf_ranks(count, n, s, seed)
     return Traffic(
@@ -104,9 +118,11 @@ def zipf_traffic(n: int = 10_000, s: float = 1.1, seed: int = 0, count: int = 20
 SENTINEL = 0.123456789
 
 
-def unique_traffic(workflow: str, path: tuple[Any, ...], variants: int = 16) -> Traffic:
+def unique_traffic(
+    workflow: str, path: tuple[Any, ...], base: float = 0.1, step: float = 1e-6, variants: int = 16
+) -> Traffic:
     """The example's sample inputs (``variants`` of them), the value at ``path`` set per request to a value
-    no other request has (0.1 + i x 1e-6, within every example's bounds), so no request repeats."""
+    no other request has (``base + i x step``, within the example's bounds), so no request repeats."""
     parts: list[tuple[bytes, bytes]] = []
     for seed in range(variants):
         x = sample_input(workflow, seed)
@@ -122,7 +138,9 @@ def unique_traffic(workflow: str, path: tuple[Any, ...], variants: int = 16) -> 
     return Traffic(
         "unique",
         lambda i: (
-            parts[i % variants][0] + f"{0.1 + (i % 800_000) * 1e-6:.7f}".encode() + parts[i % variants][1]
+            parts[i % variants][0]
+            + f"{base + (i % UNIQUE_SPAN) * step:.9f}".encode()
+            + parts[i % variants][1]
         ),
         f"every request a new input (sample inputs of {workflow} with {'/'.join(map(str, path))} unique)",
     )
@@ -201,7 +219,7 @@ async def ramp(
         nonlocal best
         await plane.drain()
         before = observe() if observe else {}
-        p = await measure(plane.gateway_url, traffic, rate, seconds, seed, offset=len(points) * 100_000)
+        p = await measure(plane.gateway_url, traffic, rate, seconds, seed, offset=block("ramp", len(points)))
         if observe:
             p["metrics"] = delta(before, observe())
         p["meets_slo"] = meets(p, slo_p95_ms)

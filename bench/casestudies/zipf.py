@@ -72,7 +72,9 @@ def variant(name: str, quick: bool) -> dict[str, Any]:
     point_s, warm_s, points = (3.0, 3.0, 6) if quick else (6.0, 6.0, 9)
     started = time.monotonic()
     with dp.running(variants.workflow(manifest, spec)) as plane:
-        asyncio.run(traffic.measure(plane.gateway_url, t, 20, warm_s, seed=99, offset=150_000))
+        asyncio.run(
+            traffic.measure(plane.gateway_url, t, 20, warm_s, seed=99, offset=traffic.block("warm-up"))
+        )
         ramp = asyncio.run(traffic.ramp(plane, t, slo, point_s, 10.0, points, observe=plane.metrics))
     for p in ramp["points"]:
         p["per_run"] = per_run(p)
