@@ -15,6 +15,7 @@ from agentscale.render import labels as L
 from agentscale.render import render_workflow
 from agentscale.render.triton import cache_args, config_pbtxt, deployment
 from agentscale.render.workers import step_deployment, step_env
+from agentscale_worker.config import Settings
 from conftest import minimal_spec
 
 UID = "00000000-0000-0000-0000-000000000001"
@@ -213,3 +214,15 @@ def test_the_crd_carries_the_cache_fields_and_the_size_rule() -> None:
     assert rule["fieldPath"] == ".size" and "1Mi" in rule["rule"] and "64Gi" in rule["rule"]
     res = spec["properties"]["steps"]["items"]["properties"]["resultCache"]["properties"]
     assert res["ttlSeconds"]["minimum"] == 1 and res["maxEntries"]["minimum"] == 1
+
+
+def test_the_worker_reads_what_the_operator_renders() -> None:
+    """The contract across the two packages: the rendered env parses into the worker's cache settings."""
+    wf = wf_from(with_step(resultCache={"ttlSeconds": 90, "maxEntries": 7, "maxEntryBytes": 2048}))
+    env = {e["name"]: e.get("value", "ns") for e in step_env(wf, wf.spec.steps[0])}
+    s = Settings.from_env(env)
+    assert (s.result_cache_ttl_s, s.result_cache_max_entries, s.result_cache_max_entry_bytes) == (90, 7, 2048)
+    assert s.result_cache_version == env["AGENTSCALE_RESULT_CACHE_VERSION"]
+    plain = wf_from(minimal_spec())
+    env = {e["name"]: e.get("value", "ns") for e in step_env(plain, plain.spec.steps[0])}
+    assert Settings.from_env(env).result_cache_ttl_s == 0  # no cache
