@@ -62,6 +62,16 @@ def _verdict(c: dict[str, Any]) -> tuple[bool, str]:
     return ok, "; ".join(parts)
 
 
+def _ramp_line(ax: Any, pts: list[dict[str, Any]], color: str | None, label: str) -> None:
+    """p95 against offered load; points within the SLO filled, the others as x."""
+    (line,) = ax.plot(
+        [p["offered_rps"] for p in pts], [p["p95_ms"] for p in pts], "-", color=color, alpha=0.6, label=label
+    )
+    for p in pts:
+        marker = "o" if p["meets_slo"] else "x"
+        ax.plot([p["offered_rps"]], [p["p95_ms"]], marker, color=line.get_color(), ms=6)
+
+
 def _plot_cases(d: dict[str, Any], suffix: str) -> str:
     plt = _plt()
     cases = d["cases"]
@@ -69,14 +79,7 @@ def _plot_cases(d: dict[str, Any], suffix: str) -> str:
     for ax, (name, c) in zip(axes[0], cases.items(), strict=True):
         for v, color in (("untuned", "tab:red"), ("tuned", "tab:green")):
             pts = sorted(c[v]["ramp"]["points"], key=lambda p: p["offered_rps"])
-            ax.plot(
-                [p["offered_rps"] for p in pts],
-                [p["p95_ms"] for p in pts],
-                "o-",
-                color=color,
-                label=f"{v} (ramp)",
-                alpha=0.7,
-            )
+            _ramp_line(ax, pts, color, f"{v} (ramp; x: outside the SLO)")
             cp = c[v]["compare"]
             ax.plot(
                 [cp["offered_rps"]],
@@ -106,12 +109,12 @@ def _plot_zipf(z: dict[str, Any], suffix: str) -> str:
     names = list(z["variants"])
     for name in names:
         pts = sorted(z["variants"][name]["ramp"]["points"], key=lambda p: p["offered_rps"])
-        a1.plot([p["achieved_rps"] for p in pts], [p["p95_ms"] for p in pts], "o-", label=name)
+        _ramp_line(a1, pts, None, name)
     slo = next(iter(z["variants"].values()))["slo_p95_ms"]
     a1.axhline(slo, color="grey", ls="--", lw=1, label=f"SLO p95 {slo:.0f} ms")
     a1.set_yscale("log")
     a1.yaxis.set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
-    a1.set_xlabel("throughput (runs/s)")
+    a1.set_xlabel("offered load (runs/s, Poisson); x: outside the SLO")
     a1.set_ylabel("p95 response time (ms)")
     a1.legend(fontsize=8)
     comp = [(z["variants"][n]["at_capacity"] or {}).get("model_computations_per_run", 0) for n in names]
