@@ -13,8 +13,8 @@ replica counts are for a GPU cluster). What differs is the tuning:
 - ``tuned``: docs/tuning.md's settings, which the example YAML already carries for batching and concurrency:
   Triton dynamic batching as written (a model without a batcher gets one, 1 ms queue delay), instance groups
   as written, the worker's micro-batching and ``concurrency`` as written (at least 2x ``batch.maxSize``),
-  ``least-latency`` balancing, Triton's response cache on every model server, and the step result cache on
-  the steps named in ``cache_steps`` (where the benchmark's traffic repeats a step's input).
+  ``least-latency`` balancing, and the caches where section 9 of the guide says they pay, which depends on
+  the traffic (``run.TUNED`` names them per case).
 """
 
 from __future__ import annotations
@@ -71,30 +71,35 @@ def untuned(spec: dict[str, Any]) -> dict[str, Any]:
     return s
 
 
+def _named(name: str, names: tuple[str, ...]) -> bool:
+    return "*" in names or name in names
+
+
 def tuned(
     spec: dict[str, Any],
     cache_steps: tuple[str, ...] = (),
-    response_cache: bool = True,
-    micro_batching: bool = True,
+    cache_models: tuple[str, ...] = (),
+    single_sample: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """docs/tuning.md's settings. ``cache_steps``: steps that get the result cache (``("*",)``: every step);
-    ``micro_batching=False`` sends one sample per request (so Triton's response cache can hit per sample)."""
+    """docs/tuning.md's settings. Names select parts (``"*"``: all): ``cache_steps`` get the step result
+    cache, ``cache_models`` Triton's response cache, ``single_sample`` steps send one sample per request (no
+    micro-batching: Triton's response cache keys on the whole request, section 9 of the guide)."""
     s = _common(spec)
     caching = has_caching()
     for m in s.get("models", []):
         if m.get("maxBatchSize", 0) > 0 and not m.get("dynamicBatching"):
             m["dynamicBatching"] = {"maxQueueDelayMicroseconds": 1000}
-        if caching and response_cache:
+        if caching and _named(m["name"], cache_models):
             m["responseCache"] = {"size": RESPONSE_CACHE_SIZE}
     for st in s.get("steps", []):
         st["loadBalancing"] = "least-latency"
         batch = st.get("batch") or {}
-        if not micro_batching:
+        if _named(st["name"], single_sample):
             st.pop("batch", None)
             batch = {}
         size = int(batch.get("maxSize", 1))
         st["concurrency"] = max(int(st.get("concurrency", DEFAULT_CONCURRENCY)), 2 * size)
-        if caching and ("*" in cache_steps or st["name"] in cache_steps):
+        if caching and _named(st["name"], cache_steps):
             st["resultCache"] = dict(RESULT_CACHE)
     return s
 

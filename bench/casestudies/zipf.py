@@ -37,8 +37,8 @@ def spec_for(variant: str, spec: dict[str, Any]) -> dict[str, Any]:
     return variants.tuned(
         spec,
         cache_steps=("*",) if variant == "step-cache" else (),
-        response_cache=variant == "model-cache",
-        micro_batching=False,
+        cache_models=("*",) if variant == "model-cache" else (),
+        single_sample=("*",),
     )
 
 
