@@ -1,7 +1,8 @@
 """One source of Triton model configuration: the operator's renderer (``config_pbtxt``) over the API objects.
 
 The committed ``workloads/models/*/config.pbtxt`` (what the Triton image ships) must be that rendering, and
-the real tritonserver must load the rendering and report the rendered settings back."""
+the real tritonserver must load the rendering and report the rendered settings back; and what Triton answers
+is what the same torch network answers when called directly (the networks themselves: test_nets.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import json
 import urllib.request
 from typing import Any
 
+import numpy as np
 import pytest
 from agentscale.render.triton import config_pbtxt
 from agentscale_harness.local import TritonServer
 from agentscale_harness.models import MODEL_REPO, committed_config, model_servers, on_cpu
+from agentscale_worker.examples import nets
 
 MODELS = model_servers()
 
@@ -59,3 +62,45 @@ def test_triton_serves_the_rendered_config(triton: TritonServer, name: str) -> N
         assert bool(got.get("preserve_ordering", False)) == db.preserveOrdering
     groups = [(int(g["count"]), g["kind"]) for g in cfg["instance_group"]]
     assert groups == [(g.count, "KIND_CPU") for g in model.instanceGroups]
+
+
+def _sample_batch(name: str, n: int = 3) -> dict[str, Any]:
+    """Inputs of the model's declared shapes: queries for the text model, speech and silence for audio."""
+    from agentscale_worker.examples.voice import synth_speech
+
+    rng = np.random.default_rng(7)
+    out: dict[str, Any] = {}
+    for t in nets.SPECS[name].inputs:
+        if t.dtype == "object":
+            texts = ["red running shoes", "wireless noise cancelling headphones", "ein Kaffee bitte"][:n]
+            out[t.name] = np.array([[s.encode()] for s in texts], dtype=object)
+        elif t.dtype == "int32":
+            out[t.name] = rng.integers(0, len(nets.ALPHABET), (n, *t.dims)).astype(np.int32)
+        elif t.name == "AUDIO":
+            out[t.name] = np.stack([synth_speech(seed=i, start=2000 * i) for i in range(n)])
+        else:
+            out[t.name] = rng.uniform(0, 1, (n, *t.dims)).astype(np.float32)
+    return out
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_triton_answers_equal_the_torch_module_called_directly(triton: TritonServer, name: str) -> None:
+    """Every model: Triton (Python backend, the stub importing torch from this venv) returns, for a batch
+    of three, what ``nets.build(name)`` returns when called in this process."""
+    import tritonclient.http as httpclient
+
+    x = _sample_batch(name)
+    want = nets.build(name)(x)
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{triton.http_port}")
+    inputs = []
+    for t in nets.SPECS[name].inputs:
+        arr = x[t.name]
+        inp = httpclient.InferInput(t.name, list(arr.shape), t.wire_type)
+        inp.set_data_from_numpy(arr, binary_data=True)
+        inputs.append(inp)
+    result = client.infer(name, inputs)
+    for t in nets.SPECS[name].outputs:
+        got = result.as_numpy(t.name)
+        assert got.shape == (3, *t.dims) and got.dtype == np.float32
+        np.testing.assert_allclose(got, want[t.name], rtol=1e-4, atol=1e-5, err_msg=f"{name}.{t.name}")
