@@ -185,18 +185,21 @@ async def measure(
     return out
 
 
-def meets(point: dict[str, Any], slo_p95_ms: float) -> bool:
-    """A point is within the SLO: p95 of the answered runs at most the target, at most 5% of the runs not
+def meets(point: dict[str, Any], p95_bound_ms: float) -> bool:
+    """A point is within a p95 bound: p95 of the answered runs at most the bound, at most 5% of the runs not
     answered (shed with 429 by the gateway's admission control, or failed: as if they took longer than the
     p95), and it kept up (completions at least 90% of the offered rate)."""
     ok = point["sent"] - point["errors"]
     return (
         math.isfinite(point["p95_ms"])
-        and point["p95_ms"] <= slo_p95_ms
+        and point["p95_ms"] <= p95_bound_ms
         and point["errors"] <= 0.05 * max(1, point["sent"])
         and ok > 0
         and point["achieved_rps"] >= 0.9 * point["offered_rps"]
     )
+
+
+SATURATION = 2.0  # a rate is sustained while p95 stays within this many times the SLO (see ramp)
 
 
 async def ramp(
@@ -209,36 +212,41 @@ async def ramp(
     seed: int = 1,
     observe: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Find the highest Poisson rate within the SLO: double from ``start_rps`` until a point fails, then
-    step by 1.2x from the last rate that passed. Every point gets the same arrival seed; the system drains
-    (no run in flight) before each. ``observe()`` (metrics) is read before and after every point."""
+    """The capacity: the highest Poisson rate the system sustains, i.e. ``meets`` a p95 bound of
+    ``SATURATION`` x the SLO (past it queues grow and latency runs away), and the highest rate that also
+    meets the SLO itself (``at_slo_rps``, 0 when none does). Halves from ``start_rps`` until a rate is
+    sustained, doubles until one is not, then steps by 1.2x below that. Every point gets the same arrival
+    seed; the system drains (no run in flight) before each; ``observe()`` (metrics) is read around each."""
     points: list[dict[str, Any]] = []
-    best = 0.0
+    best, upper = 0.0, math.inf
 
     async def point(rate: float) -> bool:
-        nonlocal best
+        nonlocal best, upper
         await plane.drain()
         before = observe() if observe else {}
         p = await measure(plane.gateway_url, traffic, rate, seconds, seed, offset=block("ramp", len(points)))
         if observe:
             p["metrics"] = delta(before, observe())
         p["meets_slo"] = meets(p, slo_p95_ms)
+        p["sustained"] = meets(p, SATURATION * slo_p95_ms)
         p["load1"] = os.getloadavg()[0]
         points.append(p)
-        if p["meets_slo"]:
+        if p["sustained"]:
             best = max(best, rate)
-        return bool(p["meets_slo"])
+        else:
+            upper = min(upper, rate)
+        return bool(p["sustained"])
 
     rate = start_rps
-    while len(points) < max_points and not await point(rate) and rate > 0.5:
-        rate /= 2  # even the first rate was too much: halve until one passes
-    rate = best * 2
-    while best and len(points) < max_points and await point(rate):
-        rate *= 2
+    while len(points) < max_points and not await point(rate) and rate > 0.1:
+        rate /= 2
+    while best and len(points) < max_points and best * 2 < upper and await point(best * 2):
+        pass
     rate = best * 1.2
-    while best and len(points) < max_points and rate < 2 * best and await point(rate):
-        rate *= 1.2
-    return {"capacity_rps": best, "points": points}
+    while best and len(points) < max_points and rate < upper:
+        rate = best * 1.2 if await point(rate) else math.inf
+    at_slo = max((p["offered_rps"] for p in points if p["meets_slo"]), default=0.0)
+    return {"capacity_rps": best, "at_slo_rps": at_slo, "points": points}
 
 
 KEEP = (

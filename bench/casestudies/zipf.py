@@ -14,9 +14,9 @@ of 16 queries almost never repeats as a whole. Then:
 - ``step-cache``: ``resultCache`` on every step (a repeated query skips encode, retrieve and rank).
 
 For each, on a fresh data plane: a warm-up (another arrival seed), then the capacity ramp (``traffic.ramp``):
-throughput at the example's p95 SLO; per point, the model computations per answered run (Triton's requests
-minus its cache hits, both model servers, from their ``/metrics``), Triton executions per run, and the
-caches' hits and misses."""
+throughput at the example's p95 SLO (the highest rate of the ramp within it); per point, the model
+computations per answered run (Triton's requests minus its cache hits, both model servers, from their
+``/metrics``), Triton executions per run, and the caches' hits and misses."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def variant(name: str, quick: bool) -> dict[str, Any]:
         "settings": variants.describe(spec),
         "slo_p95_ms": slo,
         "ramp": ramp,
-        "throughput_at_slo": ramp["capacity_rps"],
+        "throughput_at_slo": ramp["at_slo_rps"],
         "at_capacity": best["per_run"] if best else None,
         "seconds": time.monotonic() - started,
     }
