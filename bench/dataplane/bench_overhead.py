@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 from agentscale_worker.examples import sample_input
-from agentscale_worker.examples.common import word_tokens
+from agentscale_worker.examples.common import text_tensor
 from agentscale_worker.triton import ModelClient
 
 from .bench_batching import GRAPH
@@ -25,7 +25,7 @@ DURATION_S = 10
 async def direct(url: str) -> dict[str, float]:
     client = ModelClient("query-encoder", url)
     await client.start()
-    inputs = [{"QUERY_TOKENS": word_tokens(sample_input("shop-recs", i)["query"])[None]} for i in range(64)]
+    inputs = [{"QUERY_TEXT": text_tensor(sample_input("shop-recs", i)["query"])[None]} for i in range(64)]
     for x in inputs[:10]:
         await client.infer_batch(x)
     r = await closed_loop(lambda i: client.infer_batch(inputs[i % 64]), CONCURRENCY, DURATION_S)
