@@ -194,4 +194,13 @@ def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]
     )
     yield name
     if os.environ.get("AGENTSCALE_E2E_KEEP") != "1":
-        kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
+        # Retried: a test that restarts the control plane may leave the API server slow for a moment, and a
+        # namespace left behind would hold up the tests that wait for every e2e namespace to be gone.
+        for attempt in range(3):
+            try:
+                kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
+                break
+            except (KubectlError, subprocess.TimeoutExpired):
+                if attempt == 2:
+                    raise
+                time.sleep(5)

@@ -16,6 +16,8 @@ figures these tests print.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -147,6 +149,29 @@ def converge(kubectl: Any, ns: str, want: dict[str, int], timeout: float = 240) 
 
 
 def wait_api(kubectl: Any, cp: ControlPlane, timeout: float = 90) -> None:
+    """Until kube-apiserver is ready AND a write reaches etcd through it.
+
+    /readyz alone is not enough after an etcd restart: its etcd check has a client of its own, while the
+    storage clients can sit in gRPC reconnect backoff (seen once in CI: /readyz answered, then every write
+    timed out for minutes). A kubelet restarts such an API server when its liveness probe fails; this does
+    the same, once, after ``WRITE_GRACE_S`` without a write, and counts it in ``cp.revived`` (printed)."""
+    wait_ready(kubectl, cp, timeout)
+    if wait_writable(kubectl, WRITE_GRACE_S):
+        return
+    cp.revived[f"kube-apiserver (no write for {WRITE_GRACE_S}s: restarted as a liveness probe would)"] += 1
+    print(  # shown with a failure: what the stuck API server and etcd said
+        f"\nno write for {WRITE_GRACE_S}s; kube-apiserver:\n{cp.log_tail('kube-apiserver', 40)}\n"
+        f"etcd:\n{cp.log_tail('etcd', 20)}"
+    )
+    cp.restart("kube-apiserver")
+    wait_ready(kubectl, cp, timeout)
+    assert wait_writable(kubectl, timeout), (
+        f"no write through kube-apiserver {timeout:.0f}s after its restart:\n"
+        f"{cp.log_tail('kube-apiserver')}\netcd:\n{cp.log_tail('etcd')}"
+    )
+
+
+def wait_ready(kubectl: Any, cp: ControlPlane, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while kubectl.run("get", "--raw", "/readyz", "--request-timeout=5s").returncode != 0:
         # On a shared machine another cluster may take the port while ours is down ("address in use").
@@ -154,6 +179,31 @@ def wait_api(kubectl: Any, cp: ControlPlane, timeout: float = 90) -> None:
             f"kube-apiserver not ready again:\n{cp.log_tail('kube-apiserver')}"
         )
         time.sleep(0.2)
+
+
+WRITE_GRACE_S = 45
+
+
+def wait_writable(kubectl: Any, timeout: float) -> bool:
+    """True once a ConfigMap write in ``default`` succeeds (each try changes its data, so each is a write)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        probe = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "agentscale-e2e-write-probe", "namespace": "default"},
+            "data": {"at": repr(time.time())},
+        }
+        try:
+            proc = kubectl.run(
+                "apply", "--request-timeout=10s", "-f", "-", input=json.dumps(probe), timeout=20
+            )
+        except subprocess.TimeoutExpired:
+            continue
+        if proc.returncode == 0:
+            return True
+        time.sleep(1)
+    return False
 
 
 @pytest.fixture(scope="module")
@@ -390,8 +440,12 @@ def test_watch_expired_during_a_burst_relists_and_converges(
     assert created_twice(events) == []
     # kopf's relist does not report the two deleted meanwhile: nothing of theirs may be written again
     # (before the fix in workflow_controller._still_there, their children were re-created in a loop).
+    # A status patch the API server answered 404 wrote nothing (seen once, with the machine at load 15: a
+    # reconcile already under way when the relist came); anything that succeeded would be a resurrection.
     gone = [
-        e for e in events if e.by_operator and e.name.startswith(("w00", "w01")) and e.resource != "events"
+        e
+        for e in events
+        if e.by_operator and e.name.startswith(("w00", "w01")) and e.resource != "events" and e.code != 404
     ]
     assert gone == [], Counter((e.resource, e.code) for e in gone)
     print(
@@ -439,8 +493,10 @@ def test_100_updates_in_a_second_last_one_wins(
     assert set(by_child) == {"solo-a"}, by_child  # nothing else's rendered spec changed
     assert 1 <= by_child["solo-a"] <= 100, by_child  # never more than one apply per update
     assert generations == by_child["solo-a"], (generations, by_child)
-    # A status write per apply (the new generation observed) and one when its rollout ends, at most.
-    assert writes["agentworkflows/status"] <= 2 * by_child["solo-a"] + 2, writes
+    # A status write per apply (the new generation observed) and one when its rollout ends, and now and then a
+    # replica count seen mid-rollout: bounded by the applies, never by the 100 updates (measured 2 per apply
+    # + 1 on a quiet machine, + 3 at load 15).
+    assert writes["agentworkflows/status"] <= 3 * by_child["solo-a"] + 2, writes
     print(
         f"\n100 updates in {sent_in:.2f} s (last: ROUND={final}): step Deployment applied "
         f"{by_child['solo-a']} times (generation +{generations}); operator writes {dict(writes)}; "
