@@ -99,6 +99,12 @@ class Gateway:
             asyncio.create_task(self._results_loop(), name="results"),
             asyncio.create_task(self._backlog_loop(), name="backlog"),
             asyncio.create_task(self._housekeeping_loop(), name="housekeeping"),
+            asyncio.create_task(
+                queue_stats.steps_lag_loop(
+                    self.redis, self.prefix, self.settings.graph, self.wf_labels, lambda: self._closing
+                ),
+                name="steps-lag",
+            ),
         ]
         runner = web.AppRunner(self.app(), access_log=None)
         await runner.setup()
