@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 STARTUP_ENV = "AGENTSCALE_RC_POD_STARTUP_SECONDS"
 
@@ -98,17 +98,37 @@ class PolicyConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> PolicyConfig:
-        """The defaults, with ``startup_s`` from ``AGENTSCALE_RC_POD_STARTUP_SECONDS`` when set."""
-        raw = env.get(STARTUP_ENV, "").strip()
-        if not raw:
-            return cls()
+        """The defaults, each overridden by its environment variable when set (:func:`env_name`: the knob in
+        capitals after ``AGENTSCALE_RC_``, ``_s`` spelt ``_SECONDS``; ``startup_s`` is
+        ``AGENTSCALE_RC_POD_STARTUP_SECONDS``). A value that is not a number, or out of range, is an error
+        naming the variable and its default."""
+        values: dict[str, float | int] = {}
+        for f in fields(cls):
+            name = env_name(f.name)
+            raw = env.get(name, "").strip()
+            if not raw:
+                continue
+            default = getattr(cls, f.name)
+            try:
+                value: float | int = int(raw) if isinstance(default, int) else float(raw)
+            except ValueError:
+                value = float("nan")
+            if not (value == value and abs(value) != float("inf") and value >= 0):  # NaN, inf, negative
+                unit = " in seconds," if f.name.endswith("_s") else " to"
+                whole = " (a whole number)" if isinstance(default, int) else ""
+                raise ValueError(
+                    f"{name}={raw!r}: set {f.name}{unit} a number >= 0{whole} (unset: {default:g})"
+                )
+            values[f.name] = value
         try:
-            value = float(raw)
-        except ValueError:
-            value = -1.0
-        if not 0 <= value < float("inf"):
-            raise ValueError(
-                f"{STARTUP_ENV}={raw!r}: set the pods' start-up delay in seconds, a number >= 0 "
-                f"(unset: {cls.startup_s:g})"
-            )
-        return cls(startup_s=value)
+            return cls(**values)  # type: ignore[arg-type]
+        except ValueError as e:
+            names = ", ".join(f"{env_name(k)}={env[env_name(k)]}" for k in values)
+            raise ValueError(f"{e} (from {names}; see docs/tuning.md for each knob's range)") from None
+
+
+def env_name(knob: str) -> str:
+    """The environment variable of one PolicyConfig knob."""
+    if knob == "startup_s":
+        return STARTUP_ENV
+    return "AGENTSCALE_RC_" + (knob[:-2] + "_seconds" if knob.endswith("_s") else knob).upper()
