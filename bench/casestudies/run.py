@@ -41,6 +41,7 @@ TRAFFIC = {
 #   a handful of intents, so the tts model gets Triton's response cache and its step sends one reply per
 #   request (a micro-batch of replies would rarely repeat as a whole);
 # - perception: every camera frame is new: no cache.
+START_RPS = {"recommendation": 8.0, "voice-assistant": 1.0, "perception": 2.0}  # the ramp's first rate
 TUNED: dict[str, dict[str, tuple[str, ...]]] = {
     "recommendation": {"cache_steps": ("*",)},
     "voice-assistant": {"cache_models": ("tts",), "single_sample": ("synthesize",)},
@@ -107,7 +108,9 @@ def case(name: str, quick: bool, caches: bool) -> dict[str, Any]:
     started = time.monotonic()
     with dp.running(variants.workflow(manifest, specs["untuned"])) as plane:
         asyncio.run(warm_up(plane, t, 2, warm_s))
-        ramp = asyncio.run(traffic.ramp(plane, t, slo, point_s, 5.0, points, observe=plane.metrics))
+        ramp = asyncio.run(
+            traffic.ramp(plane, t, slo, point_s, START_RPS[name], points, observe=plane.metrics)
+        )
         capacity = ramp["capacity_rps"]
         if not capacity:
             raise RuntimeError(f"{name}: untuned sustained no rate: {ramp['points']}")
