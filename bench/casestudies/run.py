@@ -71,9 +71,11 @@ def save(name: str, data: dict[str, Any]) -> Path:
 
 
 async def compare_point(plane: dp.Plane, t: traffic.Traffic, rate: float, seconds: float) -> dict[str, Any]:
+    """Both variants' comparison: the same arrivals (seed 7) and bodies, at least about 40 runs."""
     await plane.drain()
     before = plane.metrics()
-    p = await traffic.measure(plane.gateway_url, t, rate, seconds, seed=7, offset=traffic.block("compare"))
+    span = traffic.duration(rate, seconds, 40, 60)
+    p = await traffic.measure(plane.gateway_url, t, rate, span, seed=7, offset=traffic.block("compare"))
     p["metrics"] = traffic.delta(before, plane.metrics())
     p["load1"] = os.getloadavg()[0]
     return p
@@ -90,7 +92,8 @@ def case(name: str, quick: bool, caches: bool) -> dict[str, Any]:
     spec = manifest["spec"]
     t = TRAFFIC[name]()
     slo = float(spec["slo"]["p95LatencyMs"])
-    point_s, compare_s, warm_s, points = (3.0, 8.0, 2.0, 6) if quick else (6.0, 20.0, 4.0, 9)
+    point_s, compare_s, warm_s, points = (3.0, 8.0, 2.0, 6) if quick else (6.0, 20.0, 4.0, 8)
+    min_runs, max_s = (10, 15.0) if quick else (20, 30.0)
     specs = {
         "untuned": variants.untuned(spec),
         "tuned": variants.tuned(spec, **(TUNED[name] if caches else {})),
@@ -109,7 +112,17 @@ def case(name: str, quick: bool, caches: bool) -> dict[str, Any]:
     with dp.running(variants.workflow(manifest, specs["untuned"])) as plane:
         asyncio.run(warm_up(plane, t, 2, warm_s))
         ramp = asyncio.run(
-            traffic.ramp(plane, t, slo, point_s, START_RPS[name], points, observe=plane.metrics)
+            traffic.ramp(
+                plane,
+                t,
+                slo,
+                point_s,
+                START_RPS[name],
+                points,
+                observe=plane.metrics,
+                min_runs=min_runs,
+                max_seconds=max_s,
+            )
         )
         capacity = ramp["capacity_rps"]
         if not capacity:
@@ -118,7 +131,19 @@ def case(name: str, quick: bool, caches: bool) -> dict[str, Any]:
     with dp.running(variants.workflow(manifest, specs["tuned"])) as plane:
         asyncio.run(warm_up(plane, t, capacity / 2, warm_s))
         cmp = asyncio.run(compare_point(plane, t, capacity, compare_s))
-        ramp = asyncio.run(traffic.ramp(plane, t, slo, point_s, capacity, points, observe=plane.metrics))
+        ramp = asyncio.run(
+            traffic.ramp(
+                plane,
+                t,
+                slo,
+                point_s,
+                capacity,
+                points,
+                observe=plane.metrics,
+                min_runs=min_runs,
+                max_seconds=max_s,
+            )
+        )
         out["tuned"] = {"ramp": ramp, "compare": cmp}
     out["compare_rps"] = capacity
     u, v = out["untuned"]["compare"], out["tuned"]["compare"]

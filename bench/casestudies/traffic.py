@@ -199,6 +199,12 @@ def meets(point: dict[str, Any], p95_bound_ms: float) -> bool:
     )
 
 
+def duration(rate: float, seconds: float, min_runs: int, max_seconds: float) -> float:
+    """How long a point runs: ``seconds``, or longer at low rates so that about ``min_runs`` runs arrive
+    (a p95 needs samples), but never past ``max_seconds``."""
+    return max(seconds, min(max_seconds, min_runs / max(rate, 1e-9)))
+
+
 SATURATION = 2.0  # a rate is sustained while p95 stays within this many times the SLO (see ramp)
 
 
@@ -211,12 +217,15 @@ async def ramp(
     max_points: int,
     seed: int = 1,
     observe: Callable[[], dict[str, Any]] | None = None,
+    min_runs: int = 20,
+    max_seconds: float = 30.0,
 ) -> dict[str, Any]:
     """The capacity: the highest Poisson rate the system sustains, i.e. ``meets`` a p95 bound of
     ``SATURATION`` x the SLO (past it queues grow and latency runs away), and the highest rate that also
     meets the SLO itself (``at_slo_rps``, 0 when none does). Halves from ``start_rps`` until a rate is
     sustained, doubles until one is not, then steps by 1.2x below that. Every point gets the same arrival
-    seed; the system drains (no run in flight) before each; ``observe()`` (metrics) is read around each."""
+    seed; the system drains (no run in flight) before each; ``observe()`` (metrics) is read around each. A
+    point lasts ``duration(rate, seconds, min_runs, max_seconds)``: long enough for ~``min_runs`` runs."""
     points: list[dict[str, Any]] = []
     best, upper = 0.0, math.inf
 
@@ -224,7 +233,8 @@ async def ramp(
         nonlocal best, upper
         await plane.drain()
         before = observe() if observe else {}
-        p = await measure(plane.gateway_url, traffic, rate, seconds, seed, offset=block("ramp", len(points)))
+        span = duration(rate, seconds, min_runs, max_seconds)
+        p = await measure(plane.gateway_url, traffic, rate, span, seed, offset=block("ramp", len(points)))
         if observe:
             p["metrics"] = delta(before, observe())
         p["meets_slo"] = meets(p, slo_p95_ms)
