@@ -47,6 +47,21 @@ HARNESS_FLAGS = {
 METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([^\s]+)")
 
 
+THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+def pin_threads() -> dict[str, str]:
+    """One compute thread per process (torch's intra-op pool, BLAS), for every process started from here:
+    a model instance per server process, several servers, workers and the gateway share 2 cores, and torch's
+    default (a thread per core in every process) would oversubscribe them. The same for both variants, as
+    in bench/dataplane's batching benchmark. Returns what it set, for the results file."""
+    import os
+
+    for k, v in THREADS.items():
+        os.environ.setdefault(k, v)
+    return {k: os.environ[k] for k in THREADS}
+
+
 def server_args(wf: AgentWorkflow, model_name: str) -> list[str]:
     """The rendered Deployment's tritonserver arguments that are not about ports or paths."""
     model = next(m for m in wf.spec.models if m.name == model_name)

@@ -205,6 +205,8 @@ def cases_section(d: dict[str, Any], result: str, suffix: str) -> str:
         "  few intents); none in perception (every frame is new)."
         + ("" if d.get("caches") else " **This run had no caches** (`--no-caches`, or the API had none)."),
         "",
+        f"Every process runs one compute thread ({', '.join(f'{k}={v}' for k, v in d.get('threads', {}).items())}): a dozen processes share 2 cores.",
+        "",
         "Load: open loop, Poisson arrivals, each point on a drained system. First the untuned system's",
         "capacity, by a ramp (halving from a start rate until one is sustained, doubling, then 1.2x steps;",
         "`bench/casestudies/traffic.py`): the highest rate it **sustains**, meaning p95 of the answered runs at",

@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "quick": args.quick,
         "caches": caches,
+        "threads": dp.pin_threads(),
         "cases": {},
     }
     name = "casestudies-quick" if args.quick else "casestudies"

@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "quick": args.quick,
         "traffic": traffic.zipf_traffic().describe,
+        "threads": dp.pin_threads(),
         "variants": {},
     }
     name = "zipf-quick" if args.quick else "zipf"
