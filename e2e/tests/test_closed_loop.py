@@ -53,6 +53,7 @@ RATE = 12.0  # runs/s: 2.4 replicas' worth at 5/s each
 LAG_TARGET = 5
 P95_TARGET_S = LAG_TARGET * SERVICE_MS / 1000
 MIN_REPLICAS = 1
+IDLE_WINDOW_S = 10  # AGENTSCALE_RC_IDLE_WINDOW_SECONDS for the scale-to-zero phase (default 300)
 SCALING = {
     "mode": "queue",
     "minReplicas": MIN_REPLICAS,
@@ -238,7 +239,11 @@ def loop(operator: Any, kubectl: Any, namespace: str) -> Any:
             **saved,
             "operator": {
                 "prometheusUrl": prom.url,
-                "extraEnv": [{"name": "AGENTSCALE_RC_CYCLE_SECONDS", "value": str(CYCLE_S)}],
+                "extraEnv": [
+                    {"name": "AGENTSCALE_RC_CYCLE_SECONDS", "value": str(CYCLE_S)},
+                    # only parts with minReplicas 0 go to zero: the scale-to-zero phase at the end
+                    {"name": "AGENTSCALE_RC_IDLE_WINDOW_SECONDS", "value": str(IDLE_WINDOW_S)},
+                ],
             },
         }
         operator.install()  # helm upgrade: the changed environment rolls the operator's pods
@@ -366,6 +371,8 @@ def test_real_pods_scale_up_under_load_down_after_it_and_hold_without_prometheus
     print(f"decision after Prometheus came back: {again}")
     assert again["fromReplicas"] == held and again["toReplicas"] < held, again
 
+    zero = scale_to_zero_and_back(kubectl, ns, wait_for)
+
     # What the start-up delay was: from the scale-up decision that made each new pod (its Scaled Event) to
     # the pod's Ready on the real node.
     scaled = kubectl.json("-n", ns, "get", "events", "--field-selector", "reason=Scaled")["items"]
@@ -390,9 +397,69 @@ def test_real_pods_scale_up_under_load_down_after_it_and_hold_without_prometheus
         "scale_down": f"{down['fromReplicas']} -> {down['toReplicas']}",
         "cycle_s": CYCLE_S,
         "scrape_interval_s": prom.scrape_interval_s,
+        "scale_to_zero_and_back": zero,
     }
     print("MEASURED " + json.dumps(measured))
     record = os.environ.get("AGENTSCALE_E2E_RECORD_DIR")
     if record:
         Path(record).mkdir(parents=True, exist_ok=True)
         (Path(record) / "closed-loop.json").write_text(json.dumps(measured, indent=1) + "\n")
+
+
+# One synchronous run, sent from inside the gateway's pod to its own port (the worker image has Python).
+SYNC_RUN = """
+import json, sys, time, urllib.error, urllib.request
+body = json.dumps({"input": {"i": -1}, "timeout_ms": int(sys.argv[1])}).encode()
+req = urllib.request.Request("http://127.0.0.1:8080/v1/runs/sync", body, {"Content-Type": "application/json"})
+t0 = time.monotonic()
+try:
+    with urllib.request.urlopen(req, timeout=int(sys.argv[1]) / 1000 + 10) as r:
+        code, out = r.status, json.load(r)
+except urllib.error.HTTPError as e:
+    code, out = e.code, e.read().decode()
+print(json.dumps({"code": code, "body": out, "took_s": round(time.monotonic() - t0, 1)}))
+"""
+
+
+def scale_to_zero_and_back(kubectl: Any, ns: str, wait_for: Any) -> dict[str, Any]:
+    """With ``minReplicas: 0`` the idle step goes to zero after the idle window; one run sent to the gateway
+    then is held (the step has no worker), the gateway's own report of the step's lag wakes the step within a
+    cycle or two, and the run is answered, not failed."""
+    patch = [{"op": "replace", "path": "/spec/steps/0/scaling/minReplicas", "value": 0}]
+    kubectl("-n", ns, "patch", "agentworkflow", WORKFLOW, "--type=json", "-p", json.dumps(patch))
+    to_zero = wait_for(lambda: (d := decision(kubectl, ns)) and d["toReplicas"] == 0 and d, timeout=240,
+                       interval=2, message="a decision to zero replicas after the idle window")  # fmt: skip
+    assert "idle" in to_zero["reason"], to_zero
+    print(f"scale-to-zero decision: {to_zero}")
+    wait_for(lambda: not step_pods(kubectl, ns), timeout=120, interval=2, message="the step's pods gone")
+    assert replicas(kubectl, ns) == 0
+    gateway = kubectl.json("-n", ns, "get", "pods", "-l", "agentscale.io/component=gateway")["items"]
+    gw = next(p["metadata"]["name"] for p in gateway if not p["metadata"].get("deletionTimestamp"))
+    timeout_ms = 120_000
+    sent = time.time()
+    out = json.loads(
+        kubectl(
+            "-n",
+            ns,
+            "exec",
+            gw,
+            "--",
+            "python",
+            "-c",
+            SYNC_RUN,
+            str(timeout_ms),
+            timeout=timeout_ms / 1000 + 30,
+        )
+    )
+    assert out["code"] == 200 and out["body"]["status"] == "done", out
+    assert out["body"]["output"][STEP] == {"served": True}, out
+    wake = decision(kubectl, ns)
+    assert ts(wake["time"]) >= sent - 1 and wake["fromReplicas"] == 0 and wake["toReplicas"] >= 1, wake
+    print(f"wake decision: {wake}; the held run answered in {out['took_s']} s")
+    return {
+        "idle_window_s": IDLE_WINDOW_S,
+        "to_zero": to_zero["reason"],
+        "wake": wake["reason"],
+        "sent_to_wake_decision_s": round(ts(wake["time"]) - sent, 1),
+        "held_run_answered_s": out["took_s"],
+    }

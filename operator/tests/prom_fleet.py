@@ -135,7 +135,24 @@ class TritonPod:
         ]
 
 
-Pod = Worker | TritonPod
+@dataclass(frozen=True)
+class GatewayPod:
+    """A workflow's gateway: it reports the lag of each of its steps (``lags``), also of a step at zero
+    replicas that has no worker to report its own."""
+
+    namespace: str
+    workflow: str
+    pod: str
+    lags: tuple[tuple[str, float], ...]
+
+    def lines(self, elapsed: float) -> list[str]:
+        own = {"namespace": self.namespace, "workflow": self.workflow}
+        return [
+            f"agentscale_queue_lag{{{_labels({**own, 'step': step})}}} {lag!r}" for step, lag in self.lags
+        ]
+
+
+Pod = Worker | TritonPod | GatewayPod
 
 
 @dataclass

@@ -106,11 +106,16 @@ def step_arrivals(window: str) -> str:
     waits and what runs (lag and pending, each the max over the step's workers: they all see the stream).
     A burst beyond capacity shows as growth even while completions are capped. A term without samples yet
     (no message finished; one lag sample) counts 0 through ``or 0 * <gauge>``, so every step whose workers
-    report lag has a value, and each series is read once; never below zero."""
+    report lag has a value (at zero replicas the gateway reports it), and each series is read once; never
+    below zero."""
     k = PartKind.step
     done = f"sum by ({by(k)}) (rate({MESSAGES}[{window}]) or 0 * {QUEUE_LAG})"
     lag = f"max by ({by(k)}) (deriv({QUEUE_LAG}[{window}]) or 0 * {QUEUE_LAG})"
-    pending = f"max by ({by(k)}) (deriv({QUEUE_PENDING}[{window}]) or 0 * {QUEUE_PENDING})"
+    # a step at zero has no worker to report pending, only the gateway's lag: then nothing is pending
+    pending = (
+        f"(max by ({by(k)}) (deriv({QUEUE_PENDING}[{window}]) or 0 * {QUEUE_PENDING})"
+        f" or max by ({by(k)}) (0 * {QUEUE_LAG}))"
+    )
     return f"clamp_min({done} + {lag} + {pending}, 0)"
 
 
