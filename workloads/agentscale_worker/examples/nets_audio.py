@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,9 @@ class SileroVAD(ExampleNet):
 
     @classmethod
     def from_package(cls) -> SileroVAD:
-        jit = torch.jit.load(str(silero_data()), map_location="cpu")._model  # type: ignore[no-untyped-call]
+        with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; the package ships this file
+            warnings.simplefilter("ignore", DeprecationWarning)
+            jit = torch.jit.load(str(silero_data()), map_location="cpu")._model  # type: ignore[no-untyped-call]
         params = dict(jit.named_parameters()) | dict(jit.named_buffers())
         names = {"stft_conv.weight": "stft.forward_basis_buffer"}
         for i in range(4):
