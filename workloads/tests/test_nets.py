@@ -59,6 +59,7 @@ def test_silero_vad_finds_speech_not_silence_or_noise() -> None:
     assert (prob[0][(start // nets.VAD_CHUNK) : stop // nets.VAD_CHUNK] >= SPEECH_MIN).mean() > 0.8
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_silero_vad_module_equals_the_packaged_torchscript_model() -> None:
     """The package's own model (``silero_vad.jit``, as ``load_silero_vad()`` returns it) fed chunk by
     chunk with its state, against our module's one batched call."""
