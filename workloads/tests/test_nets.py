@@ -43,6 +43,21 @@ def test_minilm_embeds_meaning() -> None:
         assert float(shoes @ other) < related - 0.25
 
 
+def test_catalog_embeddings_are_the_encoders_and_retrieval_finds_the_product() -> None:
+    """The committed catalog file is the query encoder's embedding of the titles (every 64th checked; the
+    file is float16), and retrieval over it returns items that match the query."""
+    from agentscale_worker.examples import catalog
+    from agentscale_worker.examples.recommendation import top_k
+
+    names = catalog.titles()
+    sample = list(range(0, nets.CATALOG_SIZE, 64))
+    got = _embed(*(names[i] for i in sample))
+    np.testing.assert_allclose(catalog.embeddings()[sample], got, atol=2e-3)
+    for query, word in (("red running shoes", "running shoes"), ("something to brew coffee", "coffee")):
+        best = [names[i] for i in top_k(_embed(query)[0])[:5]]
+        assert all(word in t for t in best), (query, best)
+
+
 def test_silero_vad_finds_speech_not_silence_or_noise() -> None:
     rng = np.random.default_rng(0)
     speech = synth_speech(seed=1, start=4000, stop=12000)

@@ -1,25 +1,22 @@
-"""shop-recs: encode (query-encoder: all-MiniLM-L6-v2 on the query text) -> retrieve (top-k against the item
-catalog, CPU) -> rank (ranker)."""
+"""shop-recs: encode (query-encoder: all-MiniLM-L6-v2 on the query text) -> retrieve (top-k by cosine
+against the catalog's title embeddings, CPU) -> rank (ranker)."""
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from . import catalog as item_catalog
 from . import nets
 from .common import floats, text_tensor
 
 
-@functools.cache
 def catalog() -> NDArray[Any]:
-    """The item catalog's embeddings, [CATALOG_SIZE, EMB], unit length; generated from a fixed seed."""
-    rng = np.random.default_rng(20240611)
-    items = rng.standard_normal((nets.CATALOG_SIZE, nets.EMB)).astype(np.float32)
-    out: NDArray[Any] = items / np.linalg.norm(items, axis=1, keepdims=True)
-    return out
+    """The item catalog's embeddings, [CATALOG_SIZE, EMB], unit length: all-MiniLM-L6-v2 of each item's title
+    (``catalog.py``)."""
+    return item_catalog.embeddings()
 
 
 def validate(payload: Any) -> str | None:
@@ -58,7 +55,8 @@ async def rank(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
     )
     scores = out["SCORES"]
     order = np.argsort(-scores, kind="stable")[:10]
+    names = item_catalog.titles()
     return {
         "query": payload["query"],
-        "items": [{"id": int(ids[i]), "score": float(scores[i])} for i in order],
+        "items": [{"id": int(ids[i]), "title": names[ids[i]], "score": float(scores[i])} for i in order],
     }
