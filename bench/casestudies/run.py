@@ -7,8 +7,9 @@
 For each example (workloads/examples/{recommendation,voice-assistant,perception}.yaml) and each variant
 (``variants.untuned`` / ``variants.tuned``, the same replica budget), a fresh data plane (``plane.running``):
 
-1. untuned: a short warm-up, then the capacity ramp (``traffic.ramp``: the highest Poisson rate it sustains,
-   p95 within twice the example's SLO, and the highest within the SLO); its capacity C is the comparison load;
+1. untuned: a short warm-up, then the capacity ramp (``traffic.ramp``: the highest Poisson rate it
+   sustains, its median within the example's SLO, and the highest within the SLO); that capacity C is the
+   comparison load;
 2. untuned, after it drained: the comparison point, Poisson at C for ``compare_s`` (arrival seed 7);
 3. tuned, on a fresh plane: a warm-up at C/2 (another seed), the comparison point at C with the same arrivals
    and the same request bodies as in 2, then its own ramp (its throughput at the SLO).
