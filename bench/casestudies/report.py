@@ -224,7 +224,7 @@ def cases_section(d: dict[str, Any], result: str, suffix: str) -> str:
         u, v = c["untuned"]["compare"], c["tuned"]["compare"]
         ok, why = _verdict(c)
         out.append(
-            f"| {TITLES.get(name, name)} | {c['slo_p95_ms']:.0f} ms | {c['compare_rps']:.0f} runs/s | {u['p50_ms']:.0f} / {u['p95_ms']:.0f} "
+            f"| {TITLES.get(name, name)} | {c['slo_p95_ms']:.0f} ms | {c['compare_rps']:.3g} runs/s | {u['p50_ms']:.0f} / {u['p95_ms']:.0f} "
             f"| {v['p50_ms']:.0f} / {v['p95_ms']:.0f} | **{c['ratios']['p95']:.2f}** ({_pct(c['ratios']['p95'])}) "
             f"| {_rates(c, 'at_slo_rps')} | {_rates(c, 'capacity_rps')} "
             f"| {c['article']['what']} | **{'met' if ok else 'missed'}**: {why} |"
@@ -237,7 +237,7 @@ def cases_section(d: dict[str, Any], result: str, suffix: str) -> str:
     for name, c in d["cases"].items():
         u, v = c["untuned"]["compare"], c["tuned"]["compare"]
         out.append(
-            f"- {TITLES.get(name, name)} ({c['traffic']}): untuned {u['errors']} of {u['sent']}, tuned {v['errors']} of {v['sent']}."
+            f"- {TITLES.get(name, name)}: {c['traffic']}; not answered: untuned {u['errors']} of {u['sent']}, tuned {v['errors']} of {v['sent']}."
         )
     out += [
         "",
@@ -268,7 +268,9 @@ def zipf_section(z: dict[str, Any], result: str, suffix: str) -> str:
         "never repeat); `off` has no cache, `model-cache` Triton's `responseCache` on both model servers,",
         "`step-cache` the `resultCache` on every step. Throughput at the SLO as in the case studies (ramp, p95",
         "within the SLO); model computations per run = Triton's requests minus its cache hits, both model",
-        "servers, per answered run, at each variant's highest rate within the SLO.",
+        "servers, per answered run, at each variant's highest rate within the SLO. The caches are minutes old",
+        f"(a warm-up of {z.get('warm_up', 'a few hundred runs')}, then the ramp), so their hit ratios are below what a cache",
+        "serving this mix for hours would reach.",
         "",
         "| variant | throughput at SLO | vs off | model computations / run | Triton executions / run | model cache hits | step cache hits |",
         "|---|---|---|---|---|---|---|",

@@ -142,7 +142,7 @@ def unique_traffic(
             + f"{base + (i % UNIQUE_SPAN) * step:.9f}".encode()
             + parts[i % variants][1]
         ),
-        f"every request a new input (sample inputs of {workflow} with {'/'.join(map(str, path))} unique)",
+        f"a new input every request (the example's sample inputs, `{'/'.join(map(str, path))}` unique)",
     )
 
 

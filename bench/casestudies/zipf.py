@@ -31,6 +31,7 @@ from . import traffic, variants
 from .run import machine, save
 
 VARIANTS = ("off", "model-cache", "step-cache")
+WARM_UP_RPS, WARM_UP_S = 10.0, 30.0  # about 300 runs before the ramp (full run)
 
 
 def spec_for(variant: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -69,12 +70,13 @@ def variant(name: str, quick: bool) -> dict[str, Any]:
     spec = spec_for(name, manifest["spec"])
     slo = float(manifest["spec"]["slo"]["p95LatencyMs"])
     t = traffic.zipf_traffic()
-    point_s, warm_s, points = (3.0, 3.0, 6) if quick else (6.0, 6.0, 9)
+    point_s, warm_s, points = (3.0, 3.0, 6) if quick else (6.0, WARM_UP_S, 9)
     started = time.monotonic()
     with dp.running(variants.workflow(manifest, spec)) as plane:
-        asyncio.run(
-            traffic.measure(plane.gateway_url, t, 20, warm_s, seed=99, offset=traffic.block("warm-up"))
+        warm = traffic.measure(
+            plane.gateway_url, t, WARM_UP_RPS, warm_s, seed=99, offset=traffic.block("warm-up")
         )
+        asyncio.run(warm)
         ramp = asyncio.run(traffic.ramp(plane, t, slo, point_s, 10.0, points, observe=plane.metrics))
     for p in ramp["points"]:
         p["per_run"] = per_run(p)
@@ -102,6 +104,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "quick": args.quick,
         "traffic": traffic.zipf_traffic().describe,
         "threads": dp.pin_threads(),
+        "warm_up": "about 30 runs"
+        if args.quick
+        else f"{WARM_UP_RPS * WARM_UP_S:.0f} runs at {WARM_UP_RPS:.0f}/s",
         "variants": {},
     }
     name = "zipf-quick" if args.quick else "zipf"
