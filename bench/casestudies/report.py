@@ -143,7 +143,8 @@ def _plot_zipf(z: dict[str, Any], suffix: str) -> str:
 
 def _machine(d: dict[str, Any]) -> str:
     la, lb = d.get("load_at_start", [0])[0], d.get("load_at_end", [0])[0]
-    return f"{d['machine']} (`nproc` = {d['nproc']}); {d['when']}; load average {la:.1f} at the start, {lb:.1f} at the end"
+    commit = d.get("commit", "unknown")[:10]
+    return f"{d['machine']} (`nproc` = {d['nproc']}); {d['when']}, commit {commit}; load average {la:.1f} at the start, {lb:.1f} at the end"
 
 
 def _loads(d: dict[str, Any]) -> list[float]:

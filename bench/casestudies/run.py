@@ -59,9 +59,21 @@ ARTICLE = {  # what the seed article reports tuning bought, per case study
 
 
 def machine() -> dict[str, Any]:
+    """The machine, its load now, and the code measured (its commit; ``BENCH_COMMIT`` for an export)."""
+    import subprocess
+
     from bench.dataplane.stack import machine as describe
 
-    return {"machine": describe(), "nproc": os.cpu_count(), "load_at_start": os.getloadavg()}
+    commit = os.environ.get("BENCH_COMMIT", "")
+    if not commit:
+        git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=variants.ROOT, capture_output=True, text=True)
+        commit = git.stdout.strip() if git.returncode == 0 else "unknown"
+    return {
+        "machine": describe(),
+        "nproc": os.cpu_count(),
+        "load_at_start": os.getloadavg(),
+        "commit": commit,
+    }
 
 
 def save(name: str, data: dict[str, Any]) -> Path:
