@@ -178,8 +178,10 @@ async def measure(
     """One open-loop point: Poisson arrivals at ``rate`` for ``seconds`` (arrival times from ``seed``; the
     i-th arrival sends ``traffic.body(offset + i)``)."""
     async with GatewayClient(url) as client:
-        out = await open_loop(
-            lambda i: client.post(traffic.body(offset + i)), rate, seconds, seed=seed, drain_s=30
+        out: dict[str, Any] = dict(
+            await open_loop(
+                lambda i: client.post(traffic.body(offset + i)), rate, seconds, seed=seed, drain_s=30
+            )
         )
         out["statuses"] = {str(k): v for k, v in sorted(client.statuses.items())}
     return out

@@ -21,6 +21,7 @@ import json
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -173,7 +174,7 @@ def torch_limits(net: Any, shape: Shape) -> dict[str, float]:
     out: dict[str, float] = {}
     with torch.inference_mode():
         xd = torch.from_numpy(x).to(shape.device)
-        steps = (
+        steps: tuple[tuple[str, Callable[[], Any]], ...] = (
             ("compute_only", lambda: net(xd)),
             ("with_copies", lambda: net(torch.from_numpy(x).to(shape.device)).cpu().numpy()),
         )

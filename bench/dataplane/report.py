@@ -315,7 +315,7 @@ def section() -> str:
         ]
     else:
         out += [
-            "**Not run on a GPU**: no GPU was available to this project's sessions so far. The GPU run (fp16 MLP",
+            "**Not run on a GPU**: the sessions that built it had none. The GPU run (fp16 MLP",
             "64 -> 16 x 8192 -> 16, dynamic batching 512/1024, 12 clients of 256 samples) records the GPU's",
             "name in `results/gpu.json` when run on one. For reference, shared/FACTS.md measured 0.86x of the",
             "compute-only limit and 0.91x of the limit with copies on an H100, with the same wheel and shape.",
