@@ -1,7 +1,7 @@
 # The two commands a new machine needs (see README):
 #   make demo   - local cluster + operator + a workflow under load
 #   make test   - everything CI runs
-.PHONY: demo test crd rbac golden lint
+.PHONY: demo test crd rbac rules golden lint
 
 demo:
 	bash scripts/demo.sh
@@ -16,6 +16,9 @@ crd:  # the CRD from the API models, its copy in the chart, and the API referenc
 
 rbac:  # the chart's RBAC rules from the kinds table
 	.venv/bin/python -m agentscale.rbac --write charts/agentscale/files
+
+rules:  # the resource controller's signals as Prometheus recording rules, for the chart
+	.venv/bin/agentscale prometheus-rules --write charts/agentscale/files/prometheus-recording.yaml
 
 golden:
 	UPDATE_GOLDEN=1 .venv/bin/python -m pytest operator/tests/test_render.py -q

@@ -17,13 +17,13 @@ from agentscale.api.models import KIND, AgentWorkflow
 from agentscale.api.validation import parse_spec
 from agentscale.render import render_workflow
 from agentscale.resource_controller.leader import new_identity, operator_namespace
-from agentscale.resource_controller.promql import SCRAPE_RELABEL_CONFIGS
+from agentscale.resource_controller.promql import SCRAPE_RELABEL_CONFIGS, Windows, recording_rules
 from chart_support import CHART, KUBE_VERSION, RELEASE_NS, Helm, resolve_helm
 from operator_support import EXAMPLES
 
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 # Kinds kubernetes-validate has no schema for; each is checked by hand below.
-NOT_IN_K8S_SCHEMAS = {"ServiceMonitor", "PodMonitor"}
+NOT_IN_K8S_SCHEMAS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +200,23 @@ def test_operator_metrics_service_and_service_monitor(helm: Helm) -> None:
     ]
     (plain,) = next(d for d in off if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"]
     assert "metrics" not in [p["name"] for p in plain["ports"]]
+
+
+def test_prometheus_rule_records_every_signal_and_the_operator_reads_the_records(helm: Helm) -> None:
+    assert not [d for d in helm.template() if d["kind"] == "PrometheusRule"]
+    docs = helm.template(
+        "--set", "prometheusRule.enabled=true", "--set", "prometheusRule.interval=10s",
+        "--set", "prometheusRule.labels.release=kube-prometheus",
+    )  # fmt: skip
+    rule = _one(docs, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus"
+    want = recording_rules(Windows(), interval_s=10)
+    assert rule["spec"] == want  # the generated file, with the interval from the values
+    (container,) = _operator(docs)["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["AGENTSCALE_RC_RECORDED_SIGNALS"] == "1"
+    (plain,) = _operator(helm.template())["spec"]["template"]["spec"]["containers"]
+    assert "AGENTSCALE_RC_RECORDED_SIGNALS" not in {e["name"] for e in plain["env"]}
 
 
 def test_operator_settings_become_its_environment(helm: Helm) -> None:

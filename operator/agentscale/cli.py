@@ -44,6 +44,18 @@ def cmd_crd(args: argparse.Namespace) -> int:
     return _emit(render_crd_yaml(), args.write)
 
 
+def cmd_prometheus_rules(args: argparse.Namespace) -> int:
+    from agentscale.resource_controller.promql import Windows, recording_rules
+
+    header = (
+        "# The resource controller's signals as Prometheus recording rules (agentscale prometheus-rules).\n"
+        "# Load them into the Prometheus the operator reads, then set AGENTSCALE_RC_RECORDED_SIGNALS=1\n"
+        "# (the chart's prometheusRule.enabled does both). Generated: do not edit.\n"
+    )
+    body = yaml.safe_dump(recording_rules(Windows(), args.interval), sort_keys=False, width=1000)
+    return _emit(header + body, args.write)
+
+
 def cmd_docs(args: argparse.Namespace) -> int:
     from agentscale.api.reference import render_reference
 
@@ -110,6 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("crd", help="print the CRD generated from the API models")
     p.add_argument("--write", metavar="PATH", help=f"write it to PATH (the repo keeps it at {CRD_PATH})")
     p.set_defaults(fn=cmd_crd)
+    p = sub.add_parser(
+        "prometheus-rules", help="print the controller's signals as Prometheus recording rules"
+    )
+    p.add_argument(
+        "--interval", type=float, default=None, help="evaluation interval in seconds (default: Prometheus')"
+    )
+    p.add_argument("--write", metavar="PATH", help="write it to PATH (the chart keeps it in files/)")
+    p.set_defaults(fn=cmd_prometheus_rules)
     p = sub.add_parser("docs", help="print the API reference generated from the CRD schema")
     p.add_argument("--write", metavar="PATH", help="write it to PATH (the repo keeps it at docs/api.md)")
     p.set_defaults(fn=cmd_docs)

@@ -254,11 +254,14 @@ def require_prometheus() -> None:
 
 
 @contextmanager
-def scraped(exporter: Exporter, workdir: Path, interval_s: float) -> Iterator[PrometheusServer]:
-    """The exporter served and a real Prometheus scraping it every ``interval_s``."""
+def scraped(
+    exporter: Exporter, workdir: Path, interval_s: float, rules: dict[str, Any] | None = None
+) -> Iterator[PrometheusServer]:
+    """The exporter served and a real Prometheus scraping it every ``interval_s`` (and evaluating
+    ``rules``, a rule file's content, as often)."""
     require_prometheus()
     with exporter.serving() as port:
-        server = PrometheusServer(workdir, [exporter.scrape_config(port)], interval_s).start()
+        server = PrometheusServer(workdir, [exporter.scrape_config(port)], interval_s, rules=rules).start()
         try:
             yield server
         finally:

@@ -53,6 +53,21 @@ def test_rbac_rules_files_are_generated_from_the_kinds_table() -> None:
     )
 
 
+def test_prometheus_recording_rules_file_is_generated_from_the_queries() -> None:
+    from agentscale.cli import main
+
+    path = CHART / "files" / "prometheus-recording.yaml"
+    fresh = path.with_name(".fresh-prometheus-recording.yaml")
+    try:
+        main(["prometheus-rules", "--write", str(fresh)])
+        assert path.read_text() == fresh.read_text(), (
+            f"{path.relative_to(ROOT)} drifted from resource_controller/promql.py: run "
+            f"`.venv/bin/agentscale prometheus-rules --write {path.relative_to(ROOT)}` (make rules)"
+        )
+    finally:
+        fresh.unlink(missing_ok=True)
+
+
 def test_rbac_templates_read_the_generated_rules() -> None:
     text = (CHART / "templates" / "rbac.yaml").read_text()
     for name in rbac.rendered_files():

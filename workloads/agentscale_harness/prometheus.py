@@ -36,6 +36,8 @@ class PrometheusServer:
     scrape_interval_s: float = 1.0
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    rules: dict[str, Any] | None = None
+    """A rule file's content (``groups``), evaluated every scrape interval; None: no rules."""
 
     @property
     def url(self) -> str:
@@ -43,16 +45,21 @@ class PrometheusServer:
 
     def config(self) -> dict[str, Any]:
         interval = f"{max(1, round(self.scrape_interval_s * 1000))}ms"
-        return {
+        out: dict[str, Any] = {
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
             "scrape_configs": self.scrape_configs,
         }
+        if self.rules is not None:
+            out["rule_files"] = [str(self.workdir / "rules.yml")]
+        return out
 
     def start(self, ready_timeout_s: float = 60) -> PrometheusServer:
         binary = prometheus_binary()
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "prometheus.yml"
         config.write_text(json.dumps(self.config(), indent=1))  # JSON is YAML
+        if self.rules is not None:
+            (self.workdir / "rules.yml").write_text(json.dumps(self.rules, indent=1))
         args = [
             binary,
             f"--config.file={config}",

@@ -24,6 +24,7 @@ policy then refuses to scale down for one stabilization window: safe).
 
 Settings come from the environment (``LoopSettings.from_env``; docs/tuning.md lists them):
 AGENTSCALE_RC_ENABLED (1), AGENTSCALE_RC_CYCLE_SECONDS (15), AGENTSCALE_PROMETHEUS_URL (unset),
+AGENTSCALE_RC_RECORDED_SIGNALS (0: send the queries; 1: read the recording rules' series),
 AGENTSCALE_RC_NO_SERIES_GRACE_SECONDS (60), AGENTSCALE_RC_POD_STARTUP_SECONDS (30, the policy's
 ``startup_s``), AGENTSCALE_METRICS_PORT (9090), and the lease's
 (``LeaseConfig.from_env``).
@@ -83,6 +84,9 @@ class LoopSettings:
     """Workflows actuated at once within a cycle."""
     prometheus_url: str | None = None
     """Where signals are read; None: read nothing, only clamp into bounds."""
+    recorded_signals: bool = False
+    """Read the series the rules of ``agentscale prometheus-rules`` record (the chart's PrometheusRule)
+    instead of sending the queries themselves: a cheap read at any number of workflows."""
     metrics_port: int = M.DEFAULT_PORT
     """The controller's own /metrics; 0: not served."""
     no_series_grace_s: float = 60.0
@@ -101,6 +105,7 @@ class LoopSettings:
             enabled=env.get("AGENTSCALE_RC_ENABLED", "1") not in ("0", "false", "no"),
             cycle_s=float(env.get("AGENTSCALE_RC_CYCLE_SECONDS") or cls.cycle_s),
             prometheus_url=prometheus_url(env),
+            recorded_signals=env.get("AGENTSCALE_RC_RECORDED_SIGNALS", "0") in ("1", "true", "yes"),
             metrics_port=M.port_from_env(env),
             no_series_grace_s=float(
                 env.get("AGENTSCALE_RC_NO_SERIES_GRACE_SECONDS") or cls.no_series_grace_s
@@ -196,7 +201,9 @@ class ResourceController:
             client, cache, rebalance or RebalanceSettings.from_env(), may_write=lambda: self.elector.is_leader
         )
         url = self.settings.prometheus_url
-        self.reader = reader or (PrometheusReader(url) if url else None)
+        self.reader = reader or (
+            PrometheusReader(url, recorded=self.settings.recorded_signals) if url else None
+        )
         self.metrics = M.ControllerMetrics()
         self.state: dict[Key, dict[str, PartState]] = {}
         self.reported: dict[Key, dict[str, Any]] = {}

@@ -154,6 +154,34 @@ def queries(w: Windows | None = None) -> dict[Signal, str]:
     }
 
 
+RECORDED_PREFIX = "agentscale:"
+RULE_GROUP = "agentscale-resource-controller"
+
+
+def recorded(signal: Signal) -> str:
+    """The series a recording rule writes a signal's query into (``agentscale:step_arrival_rps``)."""
+    return f"{RECORDED_PREFIX}{signal.value}"
+
+
+def recorded_queries() -> dict[Signal, str]:
+    """Every signal read from its recorded series: a plain selector per signal, so a read costs what the
+    recorded series hold (one per part), not what the rules scan."""
+    return {s: recorded(s) for s in Signal}
+
+
+def recording_rules(w: Windows | None = None, interval_s: float | None = None) -> dict[str, Any]:
+    """A Prometheus rule file (``rule_files``, or a PrometheusRule's ``spec``) that records every signal's
+    query as :func:`recorded` ``(signal)``, each evaluated by Prometheus every ``interval_s`` (its global
+    ``evaluation_interval`` when None). The controller reads them with ``AGENTSCALE_RC_RECORDED_SIGNALS=1``.
+    A recorded value is up to one evaluation interval older than the query's: keep the interval at or below
+    the controller's cycle."""
+    group: dict[str, Any] = {"name": RULE_GROUP}
+    if interval_s is not None:
+        group["interval"] = duration(interval_s)
+    group["rules"] = [{"record": recorded(s), "expr": q} for s, q in queries(w).items()]
+    return {"groups": [group]}
+
+
 def _label(name: str) -> str:
     """A Kubernetes label key as Prometheus service discovery spells it (``agentscale.io/x`` ->
     ``agentscale_io_x``)."""

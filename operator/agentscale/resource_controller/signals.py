@@ -29,7 +29,15 @@ from typing import Any, NamedTuple
 
 import aiohttp
 
-from agentscale.resource_controller.promql import NAMESPACE, PART_LABEL, WORKFLOW, Signal, Windows, queries
+from agentscale.resource_controller.promql import (
+    NAMESPACE,
+    PART_LABEL,
+    WORKFLOW,
+    Signal,
+    Windows,
+    queries,
+    recorded_queries,
+)
 from agentscale.resource_controller.snapshot import PartKind, Signals, WorkflowSnapshot
 
 
@@ -215,6 +223,8 @@ class PrometheusReader:
     timeout_s: float = 5.0
     session: aiohttp.ClientSession | None = None
     clock: Callable[[], float] = time.time
+    recorded: bool = False
+    """Read the series :func:`promql.recording_rules` records instead of sending the queries themselves."""
     _own_session: bool = field(default=False, init=False)
     _queries: dict[Signal, str] = field(default_factory=dict, init=False)
     _last_success: float | None = field(default=None, init=False)
@@ -224,7 +234,7 @@ class PrometheusReader:
         if self.timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
         self.url = self.url.rstrip("/")
-        self._queries = queries(self.windows)
+        self._queries = recorded_queries() if self.recorded else queries(self.windows)
 
     @property
     def queries(self) -> Mapping[Signal, str]:
