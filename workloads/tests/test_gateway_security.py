@@ -330,11 +330,19 @@ async def test_503_only_when_redis_is_down_and_never_names_it(redis_server: Redi
 
 
 async def test_a_burst_waits_for_pooled_connections_instead_of_503(redis_server: RedisServer) -> None:
-    """300 submits at once from one client (redis-py's default pool used to refuse past 100 connections)."""
-    async with start_flow(redis_server, "burst", {}, ONE_STEP) as f:  # default pool: 64 connections
+    """300 submits at once from one client (redis-py's default pool used to refuse past 100 connections).
+
+    The pool's wait is 60 s here, not the default 5 s: on a loaded machine (seen in CI, with another test's
+    Prometheus busy) 300 requests can wait longer than 5 s for 64 connections and be shed as busy (429), which
+    is the designed answer, not the 503 this test is about."""
+    async with start_flow(
+        redis_server, "burst", {}, ONE_STEP, redis_pool_timeout_s=60.0
+    ) as f:  # 64 connections
         replies = await asyncio.gather(*(f.post("/v1/runs", {"input": {"i": i}}) for i in range(300)))
         codes = [c for c, _, _ in replies]
         assert set(codes) <= {202, 429}, sorted(set(codes))
+        busy = [body for c, _, body in replies if c == 429 and "busy" in str(body)]
+        assert busy == [], busy[:3]  # every 429 is admission control, none a pool that gave up
         assert codes.count(202) >= 128  # the cold-start allowance, all of it this client's fair share
 
 
