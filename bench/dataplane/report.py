@@ -310,7 +310,7 @@ def section() -> str:
             f"{gpu['device']}: Triton {gpu['triton_samples_s']:.0f} samples/s; raw torch {gpu['torch_with_copies_samples_s']:.0f} "
             f"with copies, {gpu['torch_compute_samples_s']:.0f} compute only: **{gpu['ratio_with_copies']:.2f}x** with copies "
             f"({'met' if gpu['ratio_with_copies'] >= 0.9 else 'missed'}), {gpu['ratio_compute_only']:.2f}x of compute only "
-            "(`results/gpu.json`).",
+            "(`bench/dataplane/results/gpu.json`).",
             "",
         ]
     else:
@@ -329,7 +329,7 @@ def section() -> str:
     ]
     if cpu:
         out += [
-            f"Its figures here ({cpu['when']}, `results/gpu-cpu.json`) say nothing about a GPU: Triton "
+            f"Its figures here ({cpu['when']}, `bench/dataplane/results/gpu-cpu.json`) say nothing about a GPU: Triton "
             f"{cpu['triton_samples_s']:.0f} samples/s against raw torch {cpu['torch_with_copies_samples_s']:.0f} "
             f"({cpu['ratio_with_copies']:.3f}x); a network this small costs microseconds per batch, so the",
             "Python backend's per-request cost is all that shows.",
