@@ -1,6 +1,6 @@
 """The three case studies, untuned against tuned, on this machine's real data plane.
 
-    .venv/bin/python -m bench.casestudies.run            # all three, ~15 min on 2 cores
+    .venv/bin/python -m bench.casestudies.run            # all three (9 min on 2 cores, 2026-11-28)
     .venv/bin/python -m bench.casestudies.run --quick    # shorter (~6 min): results/casestudies-quick.json
     .venv/bin/python -m bench.casestudies.run --case recommendation --no-caches
 

@@ -1,7 +1,7 @@
 """Caching under a Zipf query mix: the recommendation workflow with caching off, Triton's response cache on,
 and the step result cache on.
 
-    .venv/bin/python -m bench.casestudies.zipf            # ~5 min on 2 cores, results/zipf.json
+    .venv/bin/python -m bench.casestudies.zipf            # 4 min on 2 cores (2026-11-28), results/zipf.json
     .venv/bin/python -m bench.casestudies.zipf --quick    # results/zipf-quick.json
 
 Traffic: ``traffic.zipf_traffic`` (s = 1.1 over 10,000 distinct queries). Every variant starts from
