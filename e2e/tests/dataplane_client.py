@@ -1,11 +1,11 @@
 """The load client of the data-plane-as-pods e2e test; runs in a pod (the worker image) next to the workflow.
 
 It submits RUNS runs of the recommendation example to the gateway Service (POST /v1/runs with its own run ids,
-open loop at RATE per second), waits for every result (GET /v1/runs/{id}), checks each answer against the
-same computation done here directly (the example's handlers on ``LocalContext``: the numpy networks the Triton
-models run), and counts how many times each run was answered in the workflow's results stream in Redis (the
-step scripts publish a run's result once, whatever the redeliveries). It prints progress lines
-(``PROGRESS submitted=N``) and one final line ``RESULT {json}`` for the test to read from its logs.
+open loop at RATE per second), waits for every result (GET /v1/runs/{id}), reports each run's ranked item ids
+(the test checks them against the example's own computation, done on the host: the worker image has no torch),
+and counts how many times each run was answered in the workflow's results stream in Redis (the step scripts
+publish a run's result once, whatever the redeliveries). It prints progress lines (``PROGRESS submitted=N``)
+and one final line ``RESULT {json}`` for the test to read from its logs.
 
 Env: GATEWAY (http://host:port), GATEWAY_TOKEN (sent as ``Authorization: Bearer``), REDIS_URL, NAMESPACE,
 WORKFLOW, RUNS, RATE, DEADLINE_S.
@@ -23,8 +23,6 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 from agentscale_worker import streams
-from agentscale_worker.examples import recommendation as rec
-from agentscale_worker.examples.common import LocalContext
 
 QUERIES = ["red running shoes", "wireless noise cancelling headphones", "espresso machine", "yoga mat"]
 
@@ -34,6 +32,10 @@ def query(i: int) -> str:
 
 
 async def expected(q: str) -> list[int]:
+    """The ranked ids the example computes for ``q`` directly (torch: on the host, in the test)."""
+    from agentscale_worker.examples import recommendation as rec
+    from agentscale_worker.examples.common import LocalContext
+
     out = await rec.rank(
         LocalContext("ranker"),
         await rec.retrieve(LocalContext(None), await rec.encode(LocalContext("query-encoder"), {"query": q})),
@@ -97,13 +99,11 @@ async def main() -> None:
         print(f"PROGRESS all submitted codes={dict(codes)}", flush=True)
         results = await asyncio.gather(*(poll(session, gateway, i, deadline) for i in range(runs)))
     statuses = Counter(r.get("status") for r in results)
-    wrong = []
-    for i, r in enumerate(results):
-        if r.get("status") == "done":
-            got = [item["id"] for item in r["output"]["rank"]["items"]]  # {sink step: its output}
-            want = await expected(query(i))
-            if got != want:
-                wrong.append({"run": i, "got": got, "want": want})
+    ranked = {  # {sink step: its output}
+        str(i): [item["id"] for item in r["output"]["rank"]["items"]]
+        for i, r in enumerate(results)
+        if r.get("status") == "done"
+    }
     # How many times each run was answered: entries of the results stream (trimmed only by age).
     r = aioredis.from_url(os.environ["REDIS_URL"], decode_responses=True)
     answered: Counter[str] = Counter()
@@ -116,8 +116,7 @@ async def main() -> None:
         "runs": runs,
         "submit_codes": {str(k): v for k, v in codes.items()},
         "statuses": dict(statuses),
-        "wrong": wrong[:5],
-        "wrong_count": len(wrong),
+        "ranked": ranked,
         "answered_twice": sorted(k for k, v in answered.items() if k in ours and v > 1)[:10],
         "answered": sum(1 for k in answered if k in ours),
         "seconds": round(time.monotonic() - t0, 1),

@@ -8,13 +8,15 @@ here, and requests are made small enough for two cores. Its ``redisUrl`` names t
 
 A load client (dataplane_client.py, in a pod with the worker image) submits runs at a steady rate; a pod of a
 two-replica step is deleted while they flow. Every run must be answered once, with the answer the example's
-own computation gives directly (the numpy networks the Triton models run), and the ReplicaSet must replace
+own computation gives directly (the torch networks the Triton models run, called here on the host), and the
+ReplicaSet must replace
 the pod. The time from ``kubectl apply`` to the first answered request is printed (and written to
 $AGENTSCALE_E2E_RECORD_DIR/dataplane-pods.json when that is set).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -25,6 +27,7 @@ from typing import Any
 
 import pytest
 import yaml
+from dataplane_client import expected, query
 from incluster import InClusterOperator
 from operator_support import EXAMPLES
 
@@ -180,9 +183,15 @@ def test_recommendation_runs_as_real_pods_and_survives_a_deleted_step_pod(
     result = json.loads(result_line.removeprefix("RESULT "))
     text = logs()
     first = re.search(r"FIRST_ANSWER ([0-9.]+)", text)
+    ranked = result.pop("ranked")
     print(json.dumps(result, indent=1))
     assert result["statuses"] == {"done": RUNS}, result
-    assert result["wrong_count"] == 0, result["wrong"]
+    wrong = [
+        {"run": i, "got": got, "want": want}
+        for i, got in sorted(ranked.items(), key=lambda kv: int(kv[0]))
+        if got != (want := asyncio.run(expected(query(int(i)))))
+    ]
+    assert wrong == [], (len(wrong), wrong[:5])
     assert result["answered"] == RUNS and result["answered_twice"] == [], result
 
     def replaced() -> bool:
