@@ -14,10 +14,9 @@ import yaml
 from agentscale.resource_controller import promql as P
 from agentscale.resource_controller.loop import LoopSettings
 from agentscale.resource_controller.promql import Signal, Windows
-from agentscale.resource_controller.signals import PrometheusReader, Reading
-from agentscale_harness.local import wait_until
+from agentscale.resource_controller.signals import PrometheusReader
 from prom_fleet import Counting, Exporter, scraped
-from test_resource_signals import complete, expected, fleet
+from test_resource_signals import assert_expected, expected, fleet, settled_read
 
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 
@@ -61,24 +60,8 @@ async def test_recorded_series_read_the_same_values_as_the_queries(tmp_path: Pat
     async with Counting() as counting:
         with scraped(exporter, tmp_path / "prom", 1.0, rules=P.recording_rules(windows)) as prom:
             reader = PrometheusReader(prom.url, windows, session=counting.session, recorded=True)
-            readings: list[Reading] = []
-
-            async def present() -> bool:
-                readings.append(await reader.read())
-                return complete(readings[-1])
-
-            await wait_until(present, 60, 0.5, "every recorded signal of every part")
-            await wait_until(
-                lambda: exporter.scrapes >= 8 * len(exporter.targets), 60, 0.2, "a stable window"
-            )
-            counting.requests.clear()
-            reading = await reader.read()
+            reading = await settled_read(reader, exporter, counting)
     assert counting.requests == ["POST /api/v1/query"] * len(Signal)
     assert set(reader.queries.values()) == {P.recorded(s) for s in Signal}  # plain selectors
     assert not reading.errors
-    for signal, values in want.items():
-        got = reading.results[signal].values
-        assert set(got) == set(values), signal
-        rel = 0.1 if signal.name.endswith("_short") else 0.05
-        for ref, v in values.items():
-            assert got[ref] == pytest.approx(v, rel=rel, abs=1e-9), (signal, ref)
+    assert_expected(reading, want)

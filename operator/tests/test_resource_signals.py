@@ -110,6 +110,30 @@ def complete(reading: Reading) -> bool:
     return not reading.errors and all(len(r.values) == want[s.kind] for s, r in reading.results.items())
 
 
+async def settled_read(reader: PrometheusReader, exporter: Exporter, counting: Counting) -> Reading:
+    """Read until every signal of every part is there, wait a full stable window of scrapes, then read once
+    more with ``counting`` cleared (the requests of that one read are left in it)."""
+    await wait_until(lambda: _complete_read(reader), 60, 0.5, "every signal of every part")
+    await wait_until(lambda: exporter.scrapes >= 8 * len(exporter.targets), 60, 0.2, "a full stable window")
+    counting.requests.clear()
+    return await reader.read()
+
+
+async def _complete_read(reader: PrometheusReader) -> bool:
+    return complete(await reader.read())
+
+
+def assert_expected(reading: Reading, want: dict[Signal, dict[PartRef, float]]) -> None:
+    """Every expected part of every signal read, each value within the scrape timing's jitter."""
+    for signal, values in want.items():
+        got = reading.results[signal].values
+        assert set(got) == set(values), signal
+        # absolute rates carry the scrape timing's jitter (most in the 3 s window); ratios are exact
+        rel = 0.1 if signal.name.endswith("_short") else 0.05
+        for ref, v in values.items():
+            assert got[ref] == pytest.approx(v, rel=rel, abs=1e-9), (signal, ref)
+
+
 # -- the query texts ------------------------------------------------------------------------------------
 
 
@@ -247,29 +271,17 @@ async def test_real_prometheus_max_lag_rates_quantiles_one_query_each_and_fail_s
     want = expected(workers, pods)
     with scraped(exporter, tmp_path / "prom", interval_s=1.0) as prom:
         reader = PrometheusReader(prom.url, Windows(stable_s=5, short_s=3), session=counting.session)
+        reading = await settled_read(reader, exporter, counting)
         readings: list[Reading] = []
 
         async def present() -> bool:
             readings.append(await reader.read())
             return complete(readings[-1])
 
-        await wait_until(present, 60, 0.5, "every signal of every part")
-        await wait_until(
-            lambda: exporter.scrapes >= 8 * len(exporter.targets), 60, 0.2, "a full stable window"
-        )
-        counting.requests.clear()
-        reading = await reader.read()
-
         assert counting.requests == ["POST /api/v1/query"] * len(Signal), "one query per signal per read"
         assert not reading.errors and reading.available and reading.last_success == reading.started
         assert reading.parts() == {r for values in want.values() for r in values}
-        for signal, values in want.items():
-            got = reading.results[signal].values
-            assert set(got) == set(values), signal
-            # absolute rates carry the scrape timing's jitter (most in the 3 s window); ratios are exact
-            rel = 0.1 if signal.name.endswith("_short") else 0.05
-            for ref, v in values.items():
-                assert got[ref] == pytest.approx(v, rel=rel, abs=1e-9), (signal, ref)
+        assert_expected(reading, want)
         # lag and pending: the max over a step's three workers, not their sum
         for ref, lag in want[Signal.step_queue_lag].items():
             assert reading.results[Signal.step_queue_lag].values[ref] == lag
