@@ -270,9 +270,16 @@ def test_real_pods_scale_up_under_load_down_after_it_and_hold_without_prometheus
     # A pod with Python to send queries from (the Prometheus image has no shell tools).
     via = step_pods(kubectl, ns)[0]["metadata"]["name"]
     sel = f'namespace="{ns}",workflow="{WORKFLOW}",step="{STEP}"'
-    series = wait_for(lambda: prom.query(f"agentscale_queue_lag{{{sel}}}", via, ns), timeout=90, interval=2,
-                      message="the step's queue lag scraped with its workflow's labels")  # fmt: skip
-    assert series[0]["metric"]["pod"].startswith(dep), series
+
+    # The step's workers and its gateway both report its lag (the gateway for a step at zero): the worker's
+    # series must be there, whichever comes first.
+    def from_worker() -> list[dict[str, Any]] | None:
+        got = prom.query(f"agentscale_queue_lag{{{sel}}}", via, ns)
+        return got if any(s["metric"]["pod"].startswith(dep) for s in got) else None
+
+    series = wait_for(from_worker, timeout=90, interval=2,
+                      message="the step's lag scraped from its worker, with its labels")  # fmt: skip
+    assert {s["metric"]["pod"].split("-")[1] for s in series} <= {STEP, "gateway"}, series
     wait_for(lambda: metrics_unavailable(kubectl, ns, "False"), timeout=90, interval=1,
              message="MetricsUnavailable False: the controller reads the step's series")  # fmt: skip
     assert replicas(kubectl, ns) == 1
