@@ -113,6 +113,7 @@ class WorkflowController:
         self.corrections: dict[tuple[Key, ChildKey], tuple[int, float]] = {}
         self.done_generation: dict[Key, int] = {}  # the generation last reconciled to completion
         self.failures: dict[Key, int] = {}
+        self.refresh_failures: dict[Key, int] = {}  # status refreshes failed in a row
         # Workflows whose children were deleted, to be confirmed before any is created again; and the uids of
         # workflows found gone from the API server while kopf's index still holds them (see _still_there).
         self._recheck: set[Key] = set()
@@ -390,6 +391,7 @@ class WorkflowController:
         self.drifted.pop(key, None)
         self.done_generation.pop(key, None)
         self.failures.pop(key, None)
+        self.refresh_failures.pop(key, None)
         self._dirty.discard(key)
         self._recheck.discard(key)
         for ck in [c for c in self.corrections if c[0] == key]:
@@ -401,7 +403,14 @@ class WorkflowController:
         """A term starts: forget what an earlier term remembered writing (another leader wrote since) and
         reconcile every cached workflow (a standby queued nothing)."""
         self.leading = True
-        for remembered in (self.state, self.written, self.done_generation, self.failures, self.corrections):
+        for remembered in (
+            self.state,
+            self.written,
+            self.done_generation,
+            self.failures,
+            self.refresh_failures,
+            self.corrections,
+        ):
             remembered.clear()
         keys = self.cache.workflow_keys()
         log.info("leading: re-queueing %d workflows", len(keys))
@@ -419,6 +428,14 @@ class WorkflowController:
         self._dirty.clear()
         log.info("standing by: no writes until this replica leads again")
 
+    def _refresh_later(self, key: Key) -> None:
+        """A status refresh failed: try it again after a jittered backoff, whether or not another event
+        comes (the last event of a quiet workflow must not be lost to an outage)."""
+        self._dirty.add(key)
+        n = self.refresh_failures[key] = self.refresh_failures.get(key, 0) + 1
+        delay = min(30.0, 0.5 * 2 ** min(n, 6)) * (0.5 + random.random())
+        asyncio.get_running_loop().call_later(delay, self._wake.set)
+
     async def run(self) -> None:
         """The status loop: wake on child events, wait a beat so bursts coalesce, refresh what changed."""
         gate = asyncio.Semaphore(self.status_concurrency)
@@ -427,12 +444,13 @@ class WorkflowController:
             async with gate:
                 try:
                     await self.refresh(key)
+                    self.refresh_failures.pop(key, None)
                 except NotLeading:
-                    if self.leading:
-                        self._dirty.add(key)
-                except Exception as exc:  # keep the loop alive; the next event retries
-                    log.warning("status refresh of %s/%s failed: %s", key[0], key[1], exc)
-                    self._dirty.add(key)
+                    if self.leading:  # a renewal is overdue but the term goes on
+                        self._refresh_later(key)
+                except Exception as exc:  # keep the loop alive; retried with backoff
+                    log.warning("status refresh of %s/%s failed (will retry): %s", key[0], key[1], exc)
+                    self._refresh_later(key)
 
         while not self._closing:
             await self._wake.wait()

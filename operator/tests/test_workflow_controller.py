@@ -107,6 +107,32 @@ async def test_failures_retry_with_backoff() -> None:
     assert op.failures[key] == 1 and key not in op.done_generation
 
 
+async def test_a_failed_status_refresh_is_retried_without_another_event() -> None:
+    """The last event of a quiet workflow came while the API server was away: its status refresh failed
+    and nothing else will wake the status loop, so the loop itself must try again (it once waited for an
+    unrelated event, and a workflow stayed not Ready for good after an etcd restart)."""
+    key = ("ns", "wf")
+    op = operator_with({key: record(1)})
+    op.debounce = 0.0
+    calls: list[float] = []
+
+    async def flaky_refresh(k: Any) -> None:
+        calls.append(asyncio.get_running_loop().time())
+        if len(calls) == 1:
+            raise RuntimeError("etcdserver: request timed out")
+
+    op.refresh = flaky_refresh  # type: ignore[method-assign]
+    loop = asyncio.create_task(op.run())
+    op.request_refresh(key)  # the one and only event
+    for _ in range(400):
+        if len(calls) >= 2:
+            break
+        await asyncio.sleep(0.01)
+    loop.cancel()
+    assert len(calls) == 2, calls
+    assert key not in op.refresh_failures and key not in op._dirty
+
+
 def _live(op: WorkflowController, key: tuple[str, str], ck: tuple[str, str]) -> dict[str, Any]:
     record = op.cache.workflow_record(key)
     assert record is not None
