@@ -333,6 +333,94 @@ class Resources(_Model):
     )
 
 
+class Rightsizing(_Model):
+    """In-place right-sizing of the part's CPU and memory requests from observed usage (off by default).
+
+    The resource controller resizes each running pod's main container through the ``resize`` subresource
+    (Kubernetes 1.33+, no restart): CPU to the usage percentile over the window x (1 + margin), memory to
+    the window's peak x (1 + margin), each at least its minimum and at most the container's limit. GPU
+    resources are never touched; the pod template keeps the spec's requests (docs/tuning.md, Right-sizing)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "type(self.minCpu) == int ? self.minCpu > 0 : "
+                    "(isQuantity(self.minCpu) && quantity(self.minCpu).isGreaterThan(quantity('0')))",
+                    "rightsizing.minCpu must be above zero, e.g. 50m",
+                ),
+                cel(
+                    "type(self.minMemory) == int ? self.minMemory > 0 : "
+                    "(isQuantity(self.minMemory) && quantity(self.minMemory).isGreaterThan(quantity('0')))",
+                    "rightsizing.minMemory must be above zero, e.g. 64Mi",
+                ),
+            ]
+        }
+    )
+
+    enabled: bool = Field(False, description="Resize this part's pods from observed usage.")
+    percentile: int = Field(
+        95,
+        ge=50,
+        le=100,
+        description="CPU: the usage percentile over the window to size for (100: the peak).",
+    )
+    margin: float = Field(
+        0.2,
+        ge=0,
+        le=10,
+        description="Headroom over the observed value, as a fraction (0.2: 20% above it).",
+    )
+    windowSeconds: int = Field(
+        3600,
+        ge=30,
+        le=7 * 24 * 3600,
+        description=(
+            "How far back usage is observed, and the least time between two changes of the part's "
+            "requests (so at most one resize per pod per window)."
+        ),
+    )
+    minCpu: Quantity = Field("50m", description="The CPU request never goes below this.")
+    minMemory: Quantity = Field("64Mi", description="The memory request never goes below this.")
+
+    @field_validator("minCpu", "minMemory")
+    @classmethod
+    def _above_zero(cls, value: str | int, info: Any) -> str | int:
+        if not parse_quantity(value):
+            example = "50m" if info.field_name == "minCpu" else "64Mi"
+            raise PydanticCustomError(
+                "rightsizing_min", f"rightsizing.{info.field_name} must be above zero, e.g. {example}"
+            )
+        return value
+
+    def floors(self) -> tuple[float, float]:
+        """(minCpu in cores, minMemory in bytes)."""
+        return float(parse_quantity(self.minCpu) or 0), float(parse_quantity(self.minMemory) or 0)
+
+
+def _rightsizing_with_hpa(rightsizing: Rightsizing, scaling: Scaling) -> None:
+    """The pydantic side of ``_RIGHTSIZING_NOT_HPA`` (the operator validates what CEL validates)."""
+    if rightsizing.enabled and scaling.hpa_owns_replicas():
+        raise PydanticCustomError("rightsizing_hpa", _RIGHTSIZING_NOT_HPA["message"])
+
+
+_RIGHTSIZING_NOT_HPA = cel(
+    "!self.rightsizing.enabled || self.scaling.mode != 'hpa'",
+    "rightsizing cannot be enabled in scaling mode hpa: the HPA's CPU utilization is usage / request, so "
+    "resizing the request moves its signal; use mode queue or slo, or leave rightsizing off",
+)
+
+
+def _rightsizing() -> Any:
+    return Field(
+        default_factory=Rightsizing,
+        description=(
+            "Resize this part's running pods in place (CPU and memory requests) from observed usage; off "
+            "unless enabled. See docs/tuning.md, Right-sizing."
+        ),
+    )
+
+
 class ScalingMode(StrEnum):
     fixed = "fixed"
     hpa = "hpa"
@@ -499,6 +587,7 @@ class ModelServer(_Model):
                     "self.dynamicBatching.preferredBatchSizes.all(b, b <= self.maxBatchSize)",
                     "dynamicBatching.preferredBatchSizes must each be at most maxBatchSize",
                 ),
+                _RIGHTSIZING_NOT_HPA,
             ]
         }
     )
@@ -554,6 +643,7 @@ class ModelServer(_Model):
         ),
     )
     scaling: Scaling = Field(default_factory=Scaling, description="Replicas of the model server.")
+    rightsizing: Rightsizing = _rightsizing()
     placement: Placement | None = Field(
         None,
         description=(
@@ -573,6 +663,11 @@ class ModelServer(_Model):
             "without running the model. See docs/tuning.md, Caching."
         ),
     )
+
+    @model_validator(mode="after")
+    def _rightsizing_not_hpa(self) -> ModelServer:
+        _rightsizing_with_hpa(self.rightsizing, self.scaling)
+        return self
 
     @model_validator(mode="after")
     def _cache_fits_in_memory(self) -> ModelServer:
@@ -617,6 +712,7 @@ class Step(_Model):
                     "!self.next.exists(n, n == self.name)",
                     "a step cannot name itself in next (that is a cycle)",
                 ),
+                _RIGHTSIZING_NOT_HPA,
             ]
         }
     )
@@ -655,6 +751,7 @@ class Step(_Model):
     tmpSizeLimit: Quantity = _tmp_size_limit()
     gpu: GPU | None = Field(None, description="GPUs per worker pod (most steps need none).")
     scaling: Scaling = Field(default_factory=Scaling, description="Replicas of the worker.")
+    rightsizing: Rightsizing = _rightsizing()
     placement: Placement | None = Field(
         None,
         description=(
@@ -679,6 +776,11 @@ class Step(_Model):
             "omitted). The step must be deterministic in its input. See docs/tuning.md, Caching."
         ),
     )
+
+    @model_validator(mode="after")
+    def _rightsizing_not_hpa(self) -> Step:
+        _rightsizing_with_hpa(self.rightsizing, self.scaling)
+        return self
 
 
 class Gateway(_Model):
@@ -899,6 +1001,27 @@ class ScalingDecision(_Model):
     reason: str = Field("", description="Why.")
 
 
+class Requests(_Model):
+    """CPU and memory requests of one container, as Kubernetes quantities."""
+
+    cpu: str = Field("", description="CPU, e.g. 250m.")
+    memory: str = Field("", description="Memory, e.g. 300Mi.")
+
+
+class RightsizingStatus(_Model):
+    """What right-sizing observed and decided for one step or model server."""
+
+    time: str = Field("", description="When the recommendation last changed (RFC 3339).")
+    observed: Requests = Field(
+        default_factory=Requests, description="CPU usage percentile and memory peak over the window."
+    )
+    recommended: Requests = Field(
+        default_factory=Requests, description="The requests the part's pods are resized to."
+    )
+    resizedPods: int = Field(0, description="Pods resized in place when the recommendation last changed.")
+    reason: str = Field("", description="Why, in one line (cpu p95 180m x1.2 = 216m; 500m -> 216m).")
+
+
 class AgentWorkflowStatus(_Model):
     """What the operator observed."""
 
@@ -914,6 +1037,13 @@ class AgentWorkflowStatus(_Model):
         0, description="GPUs (whole or MIG slices) the workflow's pods request at desired scale."
     )
     lastScalingDecision: ScalingDecision | None = Field(None, description="The last replica change.")
+    rightsizing: dict[str, RightsizingStatus] = Field(
+        default_factory=dict,
+        description=(
+            "Right-sizing per part (step/<name>, model/<name>), written by the resource controller: "
+            "observed usage, recommended requests and why."
+        ),
+    )
     endpoints: dict[str, str] = Field(default_factory=dict, description="Where to send requests.")
 
     @classmethod
