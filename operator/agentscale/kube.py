@@ -1,6 +1,6 @@
 """A small async Kubernetes client on aiohttp: server-side apply, delete, status and scale patches, the
-get / create / resourceVersion-checked replace that leader election's Lease needs, and the list and pod
-eviction that GPU rebalancing needs.
+get / create / resourceVersion-checked replace that leader election's Lease needs, the list and pod
+eviction that GPU rebalancing needs, and the in-place pod resize that right-sizing needs.
 
 Why not a general client: kopf already brings aiohttp and a credential chain (kubeconfig, service account);
 server-side apply is one PATCH with a content type, and dicts in and out keep the hot path free of model
@@ -214,6 +214,22 @@ class KubeClient:
             params={"fieldManager": field_manager or self.field_manager, "force": "true"},
             body=body,
             content_type="application/apply-patch+yaml",
+        )
+
+    async def resize(
+        self, namespace: str, name: str, container: str, requests: dict[str, str], field_manager: str
+    ) -> None:
+        """Change one container's requests of a running pod in place through the ``resize`` subresource
+        (Kubernetes 1.33+; a strategic merge patch of ``spec.containers[].resources``)."""
+        path = object_path("v1", "Pod", namespace, name) + "/resize"
+        body = {"spec": {"containers": [{"name": container, "resources": {"requests": requests}}]}}
+        await self._request(
+            "PATCH",
+            path,
+            f"resize Pod {name}",
+            params={"fieldManager": field_manager},
+            body=body,
+            content_type="application/strategic-merge-patch+json",
         )
 
     async def evict(self, namespace: str, name: str) -> bool:

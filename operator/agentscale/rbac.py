@@ -44,6 +44,9 @@ POD_VERBS = ("list", "watch")
 # (kube.KubeClient.patch_status on pods/status: status.nominatedNodeName, as the scheduler's preemption does).
 # PodDisruptionBudgets are read with the owned kinds' list.
 NODE_VERBS = ("list",)
+# Right-sizing (resource_controller/rightsize_actuator.py) lists pods (POD_VERBS' list) and resizes a running
+# pod's requests in place through the resize subresource (kube.KubeClient.resize: a PATCH).
+RESIZE_VERBS = ("patch",)
 EVICTION_VERBS = ("create",)
 POD_STATUS_VERBS = ("patch",)
 # Events: kube.KubeClient.post_event, and kopf's own posting of handler warnings and errors (create); the
@@ -77,6 +80,7 @@ def cluster_rules() -> list[dict[str, Any]]:
     rules.append(_rule(kinds.POD.group, kinds.POD.plural, POD_VERBS))
     rules.append(_rule(kinds.POD.group, f"{kinds.POD.plural}/eviction", EVICTION_VERBS))
     rules.append(_rule(kinds.POD.group, f"{kinds.POD.plural}/status", POD_STATUS_VERBS))
+    rules.append(_rule(kinds.POD.group, f"{kinds.POD.plural}/resize", RESIZE_VERBS))
     rules.append(_rule(kinds.NODE.group, kinds.NODE.plural, NODE_VERBS))
     rules.append(_rule(kinds.EVENT.group, kinds.EVENT.plural, EVENT_VERBS))
     rules.append(_rule(*CRD_RESOURCE, CRD_VERBS))

@@ -97,6 +97,7 @@ def test_cluster_rules_cover_exactly_the_kinds_table() -> None:
     # GPU rebalancing (resource_controller/rebalance_actuator.py): evict, nominate, list nodes
     expected[(kinds.POD.group, "pods/eviction")] = {"create"}
     expected[(kinds.POD.group, "pods/status")] = {"patch"}
+    expected[(kinds.POD.group, "pods/resize")] = {"patch"}  # right-sizing (rightsize_actuator.py)
     expected[(kinds.NODE.group, kinds.NODE.plural)] = {"list"}
     expected[(kinds.EVENT.group, kinds.EVENT.plural)] = {"create", "list", "watch"}  # + FailedMount watch
     expected[("apiextensions.k8s.io", "customresourcedefinitions")] = {"list", "watch"}  # kopf's discovery
@@ -115,9 +116,11 @@ def test_rules_grant_no_secrets_no_wildcards_no_escalation(rules: list[dict[str,
         assert "*" not in group and "*" not in resource and "*" not in verbs
         assert resource.split("/")[0] != "secrets"
         # no pod subresources (exec, attach, portforward, log) but the rebalancer's eviction and nomination
+        # and right-sizing's in-place resize
         assert not resource.startswith("pods/") or (resource, verbs) in (
             ("pods/eviction", {"create"}),
             ("pods/status", {"patch"}),
+            ("pods/resize", {"patch"}),
         )
         assert not verbs & {"escalate", "bind", "impersonate", "deletecollection"}
         # Owned objects change by server-side apply (patch), never by a full update; only Leases update.

@@ -14,6 +14,8 @@ HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 MODEL_ROOT = "/models"
 TRITON_DEFAULT_REQUESTS = {"cpu": "1", "memory": "2Gi"}
 TRITON_DEFAULT_MEMORY_LIMIT = DEFAULT_TRITON_MEMORY_LIMIT
+TRITON_CONTAINER = "triton"
+"""A model server pod's main container (right-sizing resizes it in place)."""
 # The init container that copies the model: cp needs little memory (page cache is reclaimable).
 STAGE_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}}
 
@@ -131,7 +133,7 @@ def deployment(wf: AgentWorkflow, model: ModelServer) -> dict[str, Any]:
     ready = {"httpGet": {"path": "/v2/health/ready", "port": "http"}}
     live = {"httpGet": {"path": "/v2/health/live", "port": "http"}}
     server = {
-        "name": "triton",
+        "name": TRITON_CONTAINER,
         "image": model.image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["tritonserver"],

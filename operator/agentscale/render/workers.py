@@ -25,6 +25,8 @@ TOKENS_DIR = "/var/run/agentscale/gateway-tokens"
 TOKENS_MODE = 0o440  # owner root, group the pod's fsGroup (10001): the gateway reads, nobody else
 WORKER_DEFAULT_REQUESTS = {"cpu": "100m", "memory": "128Mi"}
 WORKER_DEFAULT_MEMORY_LIMIT = "1Gi"
+WORKER_CONTAINER = "worker"
+"""A step pod's main container (right-sizing resizes it in place)."""
 
 
 def graph_json(wf: AgentWorkflow) -> str:
@@ -185,7 +187,7 @@ def _deployment(
 
 def step_deployment(wf: AgentWorkflow, step: Step) -> dict[str, Any]:
     container: dict[str, Any] = {
-        "name": "worker",
+        "name": WORKER_CONTAINER,
         "image": step.image,
         "imagePullPolicy": "IfNotPresent",
         "env": step_env(wf, step),

@@ -12,6 +12,8 @@ Module map: job, then what it may import.
 - ``rules``: mode queue (lag, queue time, rate) and mode slo sizing. snapshot, config, queueing, forecast.
 - ``stabilize``: panic, scale to zero, window, tolerance, cooldown, step limits. snapshot, config, queueing.
 - ``decide``: ``decide(snapshot, state, config)`` -> decisions and the next state. All of the above.
+- ``rightsize``: right-sizing's policy: a part's CPU and memory requests from its pods' observed usage
+  (percentile and peak plus margin, floors, limits, threshold, one change per window). ``api.models``.
 - ``rebalance``: GPU rebalancing's plan: the fewest evictions that free one node for a pod pending for GPUs
   (PDB allowance, minimum ready, SLO headroom), and ``headroom``. snapshot, budgets, ``api.models``.
 
@@ -31,9 +33,14 @@ below are the ones that do, each kept to its job:
 - ``rebalance_actuator``: GPU rebalancing's hands: lists nodes, pods and PDBs only while a workflow pod is
   short of GPUs, nominates it, evicts one pod per cycle (``pods/eviction``), ``Rebalanced`` Events. rebalance,
   ``cache``, ``kube``, ``pending``.
+- ``rightsize_signals``: per-pod CPU percentile, memory peak and coverage over a window (cAdvisor's
+  container series, else the process's own), one query per measure for every pod. rightsize, signals.
+- ``rightsize_actuator``: right-sizing's hands: lists the pods of parts with ``rightsizing.enabled``, resizes
+  them in place (``pods/resize``), ``status.rightsizing`` and ``Rightsized`` Events. rightsize,
+  rightsize_signals, ``cache``, ``kube``.
 - ``loop``: the leader-only cycle: one read, then per workflow in the cluster cache snapshot, ``decide``,
-  fail static, actuate, report ``MetricsUnavailable``; then GPU rebalancing. All of the above, ``cache``,
-  ``status``.
+  fail static, actuate, report ``MetricsUnavailable``; then GPU rebalancing, and right-sizing when due. All
+  of the above, ``cache``, ``status``.
 """
 
 from agentscale.resource_controller.config import PolicyConfig

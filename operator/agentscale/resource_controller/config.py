@@ -74,6 +74,15 @@ class PolicyConfig:
     max_down_pods: int = 1
     """At most max(max_down_pods, current x max_down_fraction) replicas removed per cycle."""
 
+    # -- right-sizing (rightsize.py; each part's percentile, margin, window and floors are in its spec) ------
+    rightsize_interval_s: float = 60.0
+    """Seconds between right-sizing rounds (within the loop's cycle: a round runs in the first cycle after
+    this much time)."""
+    rightsize_threshold: float = 0.1
+    """A part's requests change only when the recommendation moves beyond this fraction of those in force."""
+    rightsize_min_coverage: float = 0.5
+    """A pod counts once it has series for this fraction of the window."""
+
     def __post_init__(self) -> None:
         checks = {
             "target_utilization": 0 < self.target_utilization <= 1,
@@ -87,6 +96,9 @@ class PolicyConfig:
             "holt smoothing": 0 < self.holt_alpha <= 1 and 0 < self.holt_beta <= 1,
             "forecast horizon": 0 <= self.forecast_horizon_min_s <= self.forecast_horizon_max_s,
             "tolerance": 0 <= self.tolerance < 1,
+            "rightsize_interval_s": self.rightsize_interval_s > 0,
+            "rightsize_threshold": 0 <= self.rightsize_threshold < 1,
+            "rightsize_min_coverage": 0 < self.rightsize_min_coverage <= 1,
             "max_up": self.max_up_factor >= 1 and self.max_up_pods >= 1,
             "max_down": 0 <= self.max_down_fraction <= 1 and self.max_down_pods >= 1,
             "windows": min(self.panic_stable_window_s, self.idle_window_s) >= 0

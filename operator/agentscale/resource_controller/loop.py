@@ -18,6 +18,9 @@ Without ``AGENTSCALE_PROMETHEUS_URL`` the controller reads nothing (said once in
 unknown and the policy only moves counts outside [min, max] into it (``Rule.Bounds``), the clamp the
 workflow controller's reconcile used to do; no ``MetricsUnavailable`` is written.
 
+Right-sizing (``rightsize_actuator``) runs in the first cycle after every ``rightsize_interval_s``, after GPU
+rebalancing, and costs nothing while no part has ``rightsizing.enabled``.
+
 Leadership: :class:`ResourceController` runs the cycles only while its :class:`LeaderElector` holds the
 Lease; the actuator asks ``is_leader`` before each write. A new term starts with empty policy state (the
 policy then refuses to scale down for one stabilization window: safe).
@@ -52,6 +55,7 @@ from agentscale.resource_controller.config import PolicyConfig
 from agentscale.resource_controller.decide import decide
 from agentscale.resource_controller.leader import Clock, LeaderElector, LeaseConfig, SystemClock
 from agentscale.resource_controller.rebalance_actuator import Rebalancer, RebalanceSettings
+from agentscale.resource_controller.rightsize_actuator import Rightsizer
 from agentscale.resource_controller.signals import MetricsHealth, PrometheusReader, Reading, assess
 from agentscale.resource_controller.snapshot import Decision, Part, PartKind, Rule, Signals, WorkflowSnapshot
 from agentscale.resource_controller.state import PartState
@@ -205,6 +209,14 @@ class ResourceController:
             PrometheusReader(url, recorded=self.settings.recorded_signals) if url else None
         )
         self.metrics = M.ControllerMetrics()
+        self.rightsizer = Rightsizer(
+            client,
+            cache,
+            self.reader,
+            self.settings.policy,
+            self.metrics,
+            may_write=lambda: self.elector.is_leader,
+        )
         self.state: dict[Key, dict[str, PartState]] = {}
         self.reported: dict[Key, dict[str, Any]] = {}
         self.ready_since: dict[Key, dict[str, float]] = {}
@@ -271,6 +283,11 @@ class ResourceController:
             await self.rebalancer.cycle()
         except Exception:
             log.exception("resource controller: GPU rebalancing failed this cycle")
+        if self.rightsizer.due(now):
+            try:  # right-sizing, on its own cadence (rightsize_actuator)
+                await self.rightsizer.cycle(now)
+            except Exception:
+                log.exception("resource controller: right-sizing failed this round")
         self.cycles += 1
         self.metrics.cycle_duration.observe(time.perf_counter() - started)
         return [r for r in results if r is not None and (r.scaled or r.failed)]
@@ -360,6 +377,7 @@ class ResourceController:
         self.state.clear()
         self.reported.clear()
         self.ready_since.clear()
+        self.rightsizer.reset()
         self.metrics.leader.set(1)
         try:
             while True:

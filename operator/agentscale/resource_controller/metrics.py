@@ -14,6 +14,11 @@ The names, read by the chart's scrape configuration and dashboards and listed in
   last read Prometheus answered in full; before the first such read, since the first read was tried;
   NaN while no read has been tried (a follower, or no ``AGENTSCALE_PROMETHEUS_URL``).
 - ``agentscale_rc_leader`` (gauge): 1 while this process holds the controller's Lease, else 0.
+- ``agentscale_rc_rightsize_resizes_total{kind, resource}`` (counter): in-place pod resizes made by
+  right-sizing, per part kind (step, model) and resource (cpu, memory) changed.
+- ``agentscale_rc_rightsize_errors_total{kind, reason}`` (counter): resizes the API server refused or that
+  failed (``reason`` the HTTP status, or ``Unreachable``), and rounds skipped because Prometheus did not
+  answer (``kind`` ``all``, ``reason`` the ``ErrorKind``).
 
 Served by :func:`serve` on ``AGENTSCALE_METRICS_PORT`` (default 9090, 0 turns it off): aiohttp on the
 operator's event loop, ``/metrics`` only.
@@ -94,6 +99,19 @@ class ControllerMetrics:
         self.leader = Gauge(
             f"{PREFIX}_leader",
             "1 while this process holds the resource controller's Lease",
+            registry=self.registry,
+        )
+
+        self.rightsize_resizes = Counter(
+            f"{PREFIX}_rightsize_resizes",
+            "In-place pod resizes made by right-sizing, by part kind and resource changed",
+            ["kind", "resource"],
+            registry=self.registry,
+        )
+        self.rightsize_errors = Counter(
+            f"{PREFIX}_rightsize_errors",
+            "Right-sizing resizes that failed and rounds skipped for want of metrics",
+            ["kind", "reason"],
             registry=self.registry,
         )
 

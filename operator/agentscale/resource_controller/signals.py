@@ -268,6 +268,19 @@ class PrometheusReader:
             error = SignalError(ErrorKind.InvalidResponse, f"{type(e).__name__}: {e}")
             return SignalResult(signal, {}, error, time.perf_counter() - t0)
 
+    async def instant(self, query: str) -> tuple[Any, SignalError | None]:
+        """One instant query (any PromQL; right-sizing's per-pod queries): the decoded answer and None, or
+        None and why not. An answer without series is ``NoSeries`` (answered). Never raises."""
+        try:
+            body = await self._post(self._session(), query)
+        except _Failed as e:
+            return None, e.error
+        except Exception as e:  # as in _one: a reader that raised would stop the loop
+            return None, SignalError(ErrorKind.InvalidResponse, f"{type(e).__name__}: {e}")
+        if not ((body.get("data") or {}).get("result")):
+            return body, SignalError(ErrorKind.NoSeries, "no series")
+        return body, None
+
     async def _post(self, session: aiohttp.ClientSession, query: str) -> Any:
         """POST /api/v1/query; the decoded JSON of a successful answer, else ``_Failed``."""
         form = {"query": query, "timeout": f"{self.timeout_s:g}"}  # seconds: the server gives up too
