@@ -114,7 +114,13 @@ def problems(snap: Snapshot, ns: str, want: dict[str, int]) -> list[str]:
         if wf is None:
             continue
         if not ready(wf):
-            out.append(f"{name} not Ready at generation {wf['metadata']['generation']}")
+            conds = {c["type"]: c for c in (wf.get("status") or {}).get("conditions") or []}
+            r = conds.get("Ready") or {}
+            said = (
+                f"Ready={r.get('status')} ({r.get('reason')}: {r.get('message')}, "
+                f"observed {r.get('observedGeneration')})"
+            )
+            out.append(f"{name} not Ready at generation {wf['metadata']['generation']}: status says {said}")
         keys = rendered_keys(name, ns)
         wanted_children |= keys
         missing = keys - snap.children.keys()
