@@ -380,7 +380,10 @@ def test_control_plane_restart_mid_run(
     kubectl.apply(*(tiny(name) for name in later), namespace=ns)
     kubectl.apply(*(tiny(name, 1) for name in names[:5]), namespace=ns)
     want |= later | dict.fromkeys(names[:5], 1)
-    snap, took = converge(kubectl, ns, want)
+    try:
+        snap, took = converge(kubectl, ns, want)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\noperator log (tail):\n{op.log()[-6000:]}") from None
     assert op.alive(), op.log()[-4000:]
     events = audit.since(mark, ns)
     assert created_twice(events) == []
