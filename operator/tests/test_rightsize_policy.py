@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 
 import pytest
+import yaml
 from agentscale.api.models import Rightsizing
+from agentscale.api.validation import InvalidSpec, parse_spec
 from agentscale.resource_controller.rightsize import (
     MIB,
     PodView,
@@ -14,6 +16,8 @@ from agentscale.resource_controller.rightsize import (
     plan_part,
     resize_for,
 )
+from conftest import minimal_spec
+from tests_paths import CRD_FILE
 
 WINDOW = 3600
 S = Rightsizing(enabled=True, percentile=95, margin=0.2, windowSeconds=WINDOW, minCpu="50m", minMemory="64Mi")
@@ -167,3 +171,47 @@ def test_small_oscillation_within_threshold_never_changes():
         cpu = 0.18 * (1.05 if i % 2 else 0.95)
         p = plan([pod(cpu=cpu, mem=240 * MIB, requests=at)], current=current, now=10_000.0 + i * 3600)
         assert not p.changed and not p.resizes
+
+
+# -- the API: spec.steps[]/models[].rightsizing ------------------------------------------------------------
+
+
+def test_rightsizing_is_off_by_default_and_the_crd_carries_its_rules() -> None:
+    spec = parse_spec(minimal_spec())
+    assert not any(s.rightsizing.enabled for s in spec.steps)
+    assert not any(m.rightsizing.enabled for m in spec.models)
+    crd = yaml.safe_load(CRD_FILE.read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+    step = schema["spec"]["properties"]["steps"]["items"]
+    assert step["properties"]["rightsizing"]["properties"]["enabled"]["default"] is False
+    assert any("rightsizing" in r["rule"] for r in step["x-kubernetes-validations"])
+    assert "rightsizing" in schema["status"]["properties"]
+
+
+@pytest.mark.parametrize(
+    ("where", "rs", "scaling", "words"),
+    [
+        ("steps", {"enabled": True}, {"mode": "hpa"}, "mode hpa"),
+        ("models", {"enabled": True}, {"mode": "hpa"}, "mode hpa"),
+        ("steps", {"minCpu": "0"}, None, "minCpu must be above zero"),
+        ("steps", {"minMemory": 0}, None, "minMemory must be above zero"),
+        ("steps", {"percentile": 20}, None, "percentile"),
+        ("steps", {"windowSeconds": 5}, None, "windowSeconds"),
+    ],
+)
+def test_bad_rightsizing_is_refused_naming_the_field(where, rs, scaling, words) -> None:
+    spec = minimal_spec()
+    part = spec[where][0]
+    part["rightsizing"] = rs
+    if scaling:
+        part["scaling"] = scaling
+    with pytest.raises(InvalidSpec) as e:
+        parse_spec(spec)
+    assert words in str(e.value.problems)
+
+
+def test_rightsizing_in_queue_mode_is_accepted() -> None:
+    spec = minimal_spec()
+    spec["steps"][0].update(rightsizing={"enabled": True, "minCpu": "10m"}, scaling={"mode": "queue"})
+    s = parse_spec(spec).steps[0]
+    assert s.rightsizing.enabled and s.rightsizing.floors() == (pytest.approx(0.01), 64 * MIB)

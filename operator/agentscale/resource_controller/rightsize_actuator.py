@@ -208,7 +208,7 @@ class Rightsizer:
         """One round (see the module); the plans made."""
         self.last_round = monotonic_now
         parts = self.enabled_parts()
-        if not parts:
+        if not parts or not self.may_write():
             return []
         if self.reader is None:
             self._say("right-sizing: no Prometheus (AGENTSCALE_PROMETHEUS_URL unset): nothing resized")
@@ -308,6 +308,8 @@ class Rightsizer:
                 log.warning("%s/%s: could not write status.rightsizing: %s", *p.workflow, exc)
 
     async def _event(self, p: EnabledPart, type_: str, reason: str, message: str) -> None:
+        if not self.may_write():
+            return
         involved = {
             "apiVersion": API_VERSION,
             "kind": KIND,
