@@ -5,11 +5,13 @@
 #   2. the project's images imported into the real node, the operator installed with the Helm chart in pods
 #      there (with the chart's Redis; values charts/agentscale/ci/real-node-values.yaml), the three example
 #      workflows in namespace "demo": shop-recs as real pods on the real node, the other two on the GPU pool;
-#   3. an open-loop load for DEMO_SECONDS at DEMO_RPS from a pod, a live line every 5 s, a summary.
+#   3. Prometheus in a pod and the operator's resource controller reading it (shop-recs' steps in scaling mode
+#      slo), an open-loop load for DEMO_SECONDS from a pod (a ramp from DEMO_RPS/2 to DEMO_RPS with a spike to
+#      2 x DEMO_RPS), a live line every 5 s with each scaling decision and its reason, a summary, a PNG plot.
 # Fallback, named with its reason: when the real node cannot start (not root, AGENTSCALE_REAL_NODE=0, or
 # node.sh failed), the operator runs as a local process and shop-recs' data plane as local processes with
 # the environment and Triton config the operator rendered (demo_local.py).
-# Knobs: DEMO_SECONDS (60, 5..900), DEMO_RPS (20, 1..2000), DEMO_KEEP=1 (leave the cluster running).
+# Knobs: DEMO_SECONDS (90, 5..900), DEMO_RPS (20, 1..2000), DEMO_KEEP=1 (leave the cluster running).
 # Everything it starts is stopped on exit (Ctrl-C included); re-running is safe.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,7 +24,9 @@ die() {
   exit 1
 }
 
-DEMO_SECONDS="${DEMO_SECONDS:-60}"
+DEMO_SECONDS="${DEMO_SECONDS:-90}"
+# The resource controller's cycle in the demo (the chart's default is 15 s): short, so a 90 s load shows it.
+DEMO_RC_CYCLE_SECONDS=5
 DEMO_RPS="${DEMO_RPS:-20}"
 [[ "$DEMO_SECONDS" =~ ^[0-9]+$ ]] && [ "$DEMO_SECONDS" -ge 5 ] && [ "$DEMO_SECONDS" -le 900 ] ||
   die "DEMO_SECONDS must be an integer in 5..900 (got '$DEMO_SECONDS')"
@@ -134,14 +138,22 @@ if [ "$MODE" = pods ]; then
   stage "images on the real node (built by images/build.py when their inputs changed)"
   e2e/cluster/node.sh load-images 2>&1 | sed 's/^/    /'
   info "the node's containerd has this checkout's operator, worker, triton and redis images"
-  stage "operator: helm upgrade --install (in pods on the real node, with the chart's Redis)"
   k create namespace "$OPERATOR_NS" --dry-run=client -o yaml | k apply -f - >/dev/null
   k label namespace "$OPERATOR_NS" pod-security.kubernetes.io/enforce=restricted --overwrite >/dev/null
+  stage "Prometheus for the resource controller (a pod on the real node scraping namespace $NS every 2 s)"
+  PROM_URL="$(.venv/bin/python scripts/demo_prometheus.py "$OPERATOR_NS" "$NS" 2>&1 >"$RUN/prometheus.json")"
+  k apply -f "$RUN/prometheus.json" | sed 's/^/    /'
+  info "the operator reads it at $PROM_URL (operator.prometheusUrl), every ${DEMO_RC_CYCLE_SECONDS}s"
+  stage "operator: helm upgrade --install (in pods on the real node, with the chart's Redis)"
   # The image key as a pod annotation: a rebuilt image (same tag) rolls the operator's pods.
   key="$(.venv/bin/python images/build.py key operator)"
   "$HELM" --kubeconfig "$AGENTSCALE_KUBECONFIG" upgrade --install agentscale charts/agentscale \
     --namespace "$OPERATOR_NS" --values charts/agentscale/ci/real-node-values.yaml \
-    --set-string "podAnnotations.agentscale\.io/image-key=$key" --wait --timeout 5m >"$RUN/helm.log"
+    --set-string "podAnnotations.agentscale\.io/image-key=$key" \
+    --set-string "operator.prometheusUrl=$PROM_URL" \
+    --set "operator.extraEnv[0].name=AGENTSCALE_RC_CYCLE_SECONDS" \
+    --set-string "operator.extraEnv[0].value=$DEMO_RC_CYCLE_SECONDS" \
+    --wait --timeout 5m >"$RUN/helm.log"
   info "$(grep -E '^(NAME|STATUS|REVISION):' "$RUN/helm.log" | tr '\n' ' ')(notes: $RUN/helm.log)"
   k -n "$OPERATOR_NS" get pods -o wide --no-headers | awk '{printf "    %-40s %-8s %s\n", $1, $3, $7}'
   info "logs: kubectl -n $OPERATOR_NS logs deploy/agentscale"
@@ -162,7 +174,7 @@ for f in workloads/examples/*.yaml; do
 done
 
 # demo.py: wait for Ready, show placement, put shop-recs under load, print the summary.
-stage "shop-recs under load: ${DEMO_RPS} req/s for ${DEMO_SECONDS}s ($([ "$MODE" = pods ] && echo "pods on the real node" || echo "local processes"))"
+stage "shop-recs under load: $([ "$MODE" = pods ] && echo "a ramp to ${DEMO_RPS} req/s with a spike" || echo "${DEMO_RPS} req/s") for ${DEMO_SECONDS}s ($([ "$MODE" = pods ] && echo "pods on the real node" || echo "local processes"))"
 export DEMO_KUBECTL="$KUBECTL" DEMO_NAMESPACE="$NS" DEMO_RUN_DIR="$RUN" DEMO_MODE="$MODE"
 export DEMO_FALLBACK_REASON="$FALLBACK_REASON"
 # Its own session: Ctrl-C reaches only this script, whose trap stops demo.py with SIGTERM, so the load

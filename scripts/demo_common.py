@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 KUBECTL = os.environ.get("DEMO_KUBECTL", "kubectl")
 NS = os.environ.get("DEMO_NAMESPACE", "demo")
 RUN = Path(os.environ.get("DEMO_RUN_DIR", str(ROOT / ".run" / "demo")))
-SECONDS = min(900.0, max(5.0, float(os.environ.get("DEMO_SECONDS", "60"))))
+SECONDS = min(900.0, max(5.0, float(os.environ.get("DEMO_SECONDS", "90"))))
 RPS = min(2000.0, max(1.0, float(os.environ.get("DEMO_RPS", "100"))))
 WORKFLOW = "shop-recs"
 

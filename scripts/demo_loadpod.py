@@ -8,8 +8,13 @@ SECONDS. Every REPORT_EVERY_S one ``WINDOW {json}`` line (sent, answered, latenc
 at the end ``SUMMARY {json}`` with the totals and, when TRITON_METRICS names the model servers' metrics URLs,
 each model's samples and batches.
 
+The offered rate follows PROFILE: ``flat`` (RPS throughout) or ``ramp-spike`` (what shows the resource
+controller at work: RPS/2 for the first 20% of SECONDS, a linear ramp to RPS until 45%, RPS, a spike of
+2 x RPS for SPIKE_S seconds from 55%, RPS again, and RPS/2 for the last 20%: see ``rate_at``).
+
 Env: GATEWAY (http://host:port), GATEWAY_TOKEN (sent as ``Authorization: Bearer``), RPS, SECONDS,
-REPORT_EVERY_S (5), STARTUP_S (180), TRITON_METRICS (comma-separated URLs, optional).
+PROFILE (flat), SPIKE_S (10), REPORT_EVERY_S (5), STARTUP_S (180), TRITON_METRICS (comma-separated URLs,
+optional).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ RPS = float(os.environ["RPS"])
 SECONDS = float(os.environ["SECONDS"])
 REPORT_EVERY_S = float(os.environ.get("REPORT_EVERY_S", "5"))
 STARTUP_S = float(os.environ.get("STARTUP_S", "180"))
+PROFILE = os.environ.get("PROFILE", "flat")
+SPIKE_S = float(os.environ.get("SPIKE_S", "10"))
 MAX_INFLIGHT = 2000  # the generator's own bound; beyond it a request counts as "dropped"
 QUERIES = [
     "wireless noise cancelling headphones",
@@ -40,6 +47,23 @@ QUERIES = [
     "mechanical keyboard brown switches",
     "cast iron skillet",
 ]
+
+
+def rate_at(t: float, profile: str = PROFILE, rps: float = RPS, seconds: float = SECONDS) -> float:
+    """The offered rate (requests/s) ``t`` seconds into the load."""
+    if profile == "flat":
+        return rps
+    if profile != "ramp-spike":
+        raise SystemExit(f"PROFILE must be flat or ramp-spike (got {profile!r})")
+    base, f = rps / 2, t / seconds
+    spike_at = 0.55 * seconds
+    if spike_at <= t < spike_at + min(SPIKE_S, 0.2 * seconds):
+        return 2 * rps
+    if f < 0.2 or f >= 0.8:
+        return base
+    if f < 0.45:
+        return base + (rps - base) * (f - 0.2) / 0.25
+    return rps
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -139,8 +163,10 @@ async def generate(session: aiohttp.ClientSession) -> None:
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[None]] = set()
     start, i = loop.time(), 0
+    due = start
     while True:
-        due = start + i / RPS
+        if i:
+            due += 1 / rate_at(due - start)
         if due >= start + SECONDS:
             break
         await asyncio.sleep(max(0.0, due - loop.time()))

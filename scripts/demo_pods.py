@@ -5,9 +5,14 @@ demo``'s default path; demo_local.py is the fallback without a real node).
   a spec override that suits this machine: ``spec.placement`` pins every pod to the real node, the model
   servers drop ``gpu`` (the node has none) and run the Triton image built here, and requests are small
   enough for two cores. The example file is not edited.
+  Its three steps run in scaling mode ``slo`` (1 to ``SLO_MAX_REPLICAS`` replicas), so the resource
+  controller sizes them to hold the workflow's p95 target from what Prometheus (demo_prometheus.py) scrapes.
 - ``run_pods``: the load runs in a pod (demo_loadpod.py in the worker image, from a ConfigMap), since the
-  host cannot reach pod addresses; this module follows its logs and prints each 5 s window with the
-  replicas of every step and model server read from the cluster, then a summary.
+  host cannot reach pod addresses: a ramp with a spike (PROFILE ``ramp-spike``). This module follows its
+  logs and prints each 5 s window with the replicas of every step and model server read from the cluster
+  and, below it, each scaling decision the controller made meanwhile with its reason (its ``Scaled``
+  Events on the workflow); then a summary and a plot of the run (``controller_plot``, a PNG in the run
+  directory).
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ WORKER_IMAGE = "agentscale/worker:0.1.0"
 LOAD_POD = "demo-load"
 TOKEN_KEY = "demo-load"
 REPORT_EVERY_S = 5
+PROFILE = "ramp-spike"
+SLO_MAX_REPLICAS = 3  # per step: the whole data plane shares two cores here
+PLOT = "demo-controller.png"
 RESTRICTED = {
     "runAsNonRoot": True,
     "allowPrivilegeEscalation": False,
@@ -60,6 +68,7 @@ def on_the_real_node() -> dict[str, Any]:
         model["resources"] = {"requests": {"cpu": "20m", "memory": "256Mi"}}
     for step in spec["steps"]:
         step["resources"] = {"requests": {"cpu": "20m", "memory": "128Mi"}}
+        step["scaling"] = {"mode": "slo", "minReplicas": 1, "maxReplicas": SLO_MAX_REPLICAS}
     spec.setdefault("gateway", {})["resources"] = {"requests": {"cpu": "20m", "memory": "128Mi"}}
     return doc
 
@@ -81,7 +90,8 @@ def apply_shop_recs() -> None:
     say(
         "shop-recs: placement on the real node, no gpu, image agentscale/triton:0.1.0, small requests (a spec"
     )
-    say(f"override of {EXAMPLE.relative_to(ROOT)}; the file is unchanged)")
+    say(f"override of {EXAMPLE.relative_to(ROOT)}; the file is unchanged); its steps in scaling mode slo")
+    say(f"(1..{SLO_MAX_REPLICAS} replicas each), sized by the resource controller to hold p95 <= the SLO")
 
 
 # --- the load pod ---------------------------------------------------------------------------------------
@@ -105,6 +115,7 @@ def load_pod() -> list[dict[str, Any]]:
         "RPS": f"{RPS:g}",
         "SECONDS": f"{SECONDS:g}",
         "REPORT_EVERY_S": str(REPORT_EVERY_S),
+        "PROFILE": PROFILE,
         "TRITON_METRICS": ",".join(triton_metrics_urls()),
         "PYTHONUNBUFFERED": "1",
     }
@@ -167,16 +178,56 @@ def wait_started(timeout: float = 120) -> None:
 # --- what the cluster shows -----------------------------------------------------------------------------
 
 
-def replicas() -> str:
-    """ready/desired of every step and model server of the workflow (its Deployments)."""
-    parts = []
+def replica_counts() -> dict[str, tuple[int, int]]:
+    """(ready, desired) of every step and model server of the workflow (its Deployments)."""
+    out: dict[str, tuple[int, int]] = {}
     for d in kjson("get", "deploy", "-n", NS, "-l", f"agentscale.io/workflow={WORKFLOW}")["items"]:
         labels = d["metadata"]["labels"]
         part = labels.get("agentscale.io/step") or labels.get("agentscale.io/model")
         if part:
             ready = (d.get("status") or {}).get("readyReplicas") or 0
-            parts.append(f"{part}={ready}/{d['spec'].get('replicas', 0)}")
-    return " ".join(sorted(parts))
+            out[part] = (int(ready), int(d["spec"].get("replicas", 0)))
+    return out
+
+
+def replicas(counts: dict[str, tuple[int, int]] | None = None) -> str:
+    counts = replica_counts() if counts is None else counts
+    return " ".join(f"{part}={r}/{d}" for part, (r, d) in sorted(counts.items()))
+
+
+class Decisions:
+    """The resource controller's scaling decisions on the workflow, from its ``Scaled`` Events (one per
+    change: ``step/<name>: <reason>``), each reported once."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.log: list[tuple[float, str]] = []  # (seconds into the load, message)
+
+    def new(self, t: float) -> list[str]:
+        try:
+            items = kjson(
+                "get", "events", "-n", NS, "--field-selector",
+                f"involvedObject.name={WORKFLOW},involvedObject.kind=AgentWorkflow,reason=Scaled",
+            )["items"]  # fmt: skip
+        except RuntimeError as exc:
+            return [f"(could not read the controller's Events: {exc})"]
+        items.sort(key=lambda e: e.get("eventTime") or e.get("lastTimestamp") or "")
+        out = []
+        for e in items:
+            uid = e["metadata"]["uid"]
+            if uid not in self.seen:
+                self.seen.add(uid)
+                out.append(str(e.get("message") or e.get("note") or ""))
+                self.log.append((t, out[-1]))
+        return out
+
+
+def metrics_unavailable() -> str:
+    """The controller's MetricsUnavailable message while it is True, else ''."""
+    for c in (kjson("get", "aw", WORKFLOW, "-n", NS).get("status") or {}).get("conditions") or []:
+        if c.get("type") == "MetricsUnavailable" and c.get("status") == "True":
+            return str(c.get("message") or "")
+    return ""
 
 
 def ready() -> str:
@@ -184,7 +235,7 @@ def ready() -> str:
     return "True" if status == "True" else f"{status}/{reason}"
 
 
-def window_line(w: dict[str, Any], slo_ms: float) -> str:
+def window_line(w: dict[str, Any], slo_ms: float, counts: dict[str, tuple[int, int]] | None = None) -> str:
     if not w["sent"]:  # the last window: the load has stopped, answers still in flight arrive
         return f"[{w['t']:5.1f}s] (load stopped) the last {w['ok']} answers, p95 {w['p95_ms']:.0f} ms"
     mark = "ok" if w["p95_ms"] <= slo_ms else "OVER"
@@ -192,8 +243,46 @@ def window_line(w: dict[str, Any], slo_ms: float) -> str:
     return (
         f"[{w['t']:5.1f}s] offered {w['sent'] / dt:6.1f}/s  achieved {w['ok'] / dt:6.1f}/s  "
         f"p50 {w['p50_ms']:5.0f} ms  p95 {w['p95_ms']:5.0f} ms ({mark} vs SLO {slo_ms:g})  "
-        f"429s {w['shed']:3d}  errors {w['errors']:3d}  replicas {replicas()}"
+        f"429s {w['shed']:3d}  errors {w['errors']:3d}  replicas {replicas(counts)}"
     )
+
+
+def controller_plot(
+    windows: list[dict[str, Any]], decisions: list[tuple[float, str]], slo_ms: float, path: Path
+) -> Path:
+    """The run as a PNG: offered and achieved load, p95 against the SLO, and each step's and model server's
+    desired replicas, with a mark at each of the controller's decisions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    live = [w for w in windows if w["sent"]]
+    t = [w["t"] for w in live]
+    fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    ax1.plot(t, [w["sent"] / max(w["seconds"], 1e-6) for w in live], label="offered req/s")
+    ax1.plot(t, [w["ok"] / max(w["seconds"], 1e-6) for w in live], label="answered req/s")
+    ax1.plot(t, [w["shed"] / max(w["seconds"], 1e-6) for w in live], label="shed (429) req/s")
+    ax1.set_ylabel("requests/s")
+    ax1.legend(loc="upper left", fontsize=8)
+    ax2.plot(t, [w["p95_ms"] for w in live], marker=".", label="p95 (5 s windows)")
+    ax2.axhline(slo_ms, color="red", linestyle="--", label=f"SLO p95 {slo_ms:g} ms")
+    ax2.set_ylabel("ms")
+    ax2.set_yscale("log")
+    ax2.legend(loc="upper left", fontsize=8)
+    parts = sorted({p for w in live for p in w.get("replicas", {})})
+    for part in parts:
+        ax3.step(t, [w.get("replicas", {}).get(part, (0, 0))[1] for w in live], where="post", label=part)
+    for at, _ in decisions:
+        ax3.axvline(at, color="grey", alpha=0.3)
+    ax3.set_ylabel("desired replicas")
+    ax3.set_xlabel(f"seconds into the load ({PROFILE}); grey: a scaling decision")
+    ax3.legend(loc="upper left", fontsize=8)
+    fig.suptitle(f"make demo: {WORKFLOW}, steps in mode slo, resource controller on")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def print_summary(s: dict[str, Any], slo_ms: float) -> None:
@@ -227,6 +316,10 @@ def run_pods() -> int:
     delete_load_pod(wait=True)  # an earlier run's
     apply(*load_pod())
     summary: dict[str, Any] | None = None
+    windows: list[dict[str, Any]] = []
+    decisions = Decisions()
+    decisions.new(0.0)  # those of earlier runs (DEMO_KEEP) are not this run's
+    decisions.log.clear()
     log = (RUN / "load-pod.log").open("w")
     follow: subprocess.Popen[str] | None = None
     try:
@@ -252,7 +345,14 @@ def run_pods() -> int:
                     flush=True,
                 )
             elif kind == "WINDOW":
-                say(window_line(json.loads(rest), slo_ms))
+                w = json.loads(rest)
+                w["replicas"] = replica_counts()
+                windows.append(w)
+                say(window_line(w, slo_ms, w["replicas"]))
+                for message in decisions.new(w["t"]):
+                    say(f"         controller: {message}")
+                if missing := metrics_unavailable():
+                    say(f"         controller: MetricsUnavailable: {missing}")
             elif kind == "SUMMARY":
                 summary = json.loads(rest)
             elif line.strip():
@@ -270,4 +370,7 @@ def run_pods() -> int:
         say(f"the load pod gave no summary (its log: {RUN}/load-pod.log)")
         return 1
     print_summary(summary, slo_ms)
+    say(f"  the controller made {len(decisions.log)} scaling decisions during the load")
+    if windows:
+        say(f"  plot of the run: {controller_plot(windows, decisions.log, slo_ms, RUN / PLOT)}")
     return 0 if summary["ok"] and summary["errors"] <= 0.01 * max(1, summary["sent"]) else 1
