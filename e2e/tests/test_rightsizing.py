@@ -1,0 +1,190 @@
+"""Right-sizing on the real node (issue 9, "Right-sizing"): a running pod's requests resized in place.
+
+The suite's operator release (from the chart, so under the chart's RBAC, which grants ``pods/resize``
+patch) is pointed at an in-cluster Prometheus (prometheus_support.py: the workers' own series through
+``promql.SCRAPE_RELABEL_CONFIGS``; no cAdvisor job, so the controller reads the process series, its second
+source) with a 2 s cycle and a right-sizing round every 5 s (``AGENTSCALE_RC_RIGHTSIZE_INTERVAL_SECONDS``).
+
+One queue-mode step with ``rightsizing.enabled``, a 30 s window, on the real node, idle (no load): its one
+worker asks for 500m CPU and 512Mi memory, far more than an idle worker uses. Once Prometheus holds half a
+window of its series, the controller:
+
+- resizes the running pod in place: same pod UID, no container restart, ``spec`` and (once the kubelet has
+  done it) ``status.containerStatuses[].resources`` carry the new requests, and the container's cgroup
+  (``cpu.shares`` on the node's cgroup v1) says the kubelet changed it through containerd;
+- leaves every other resource alone (the step also requests ``ephemeral-storage``, standing in for a GPU,
+  which the real node does not have; rightsize.py never writes anything but cpu and memory);
+- writes ``status.rightsizing["step/<name>"]`` with why, and a ``Rightsized`` Event;
+- leaves the Deployment's template as the spec renders it (a template change would roll the Deployment and
+  replace the pod just resized: docs/tuning.md, Right-sizing).
+
+The lead runs it on the cluster; the waits after the workflow is available add up to under 90 s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from incluster import InClusterOperator
+from operator_support import get_wf
+from prometheus_support import REAL_LABEL, TOLERATION, InClusterPrometheus
+
+pytestmark = pytest.mark.cluster
+
+WORKFLOW, STEP = "rightsize", "idle"
+WINDOW_S = 30
+ROUND_S = 5
+REDIS_URL = "redis://agentscale-redis.agentscale-system:6379/0"  # the chart's optional Redis
+OVERSIZED = {
+    "requests": {"cpu": "500m", "memory": "512Mi", "ephemeral-storage": "64Mi"},
+    "limits": {"memory": "1Gi"},
+}
+SMALL = {"requests": {"cpu": "20m", "memory": "96Mi"}}
+MIB = 1 << 20
+
+
+def the_workflow(namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "agentscale.io/v1alpha1",
+        "kind": "AgentWorkflow",
+        "metadata": {"name": WORKFLOW, "namespace": namespace},
+        "spec": {
+            "queue": {"redisUrl": REDIS_URL},
+            "placement": {"nodeSelector": {REAL_LABEL: "true"}, "tolerations": [TOLERATION]},
+            "gateway": {"resources": SMALL, "auth": {"enabled": False}},
+            "steps": [
+                {
+                    "name": STEP,
+                    "resources": OVERSIZED,
+                    "scaling": {"mode": "queue", "minReplicas": 1, "maxReplicas": 1},
+                    "rightsizing": {
+                        "enabled": True,
+                        "windowSeconds": WINDOW_S,
+                        "margin": 0.2,
+                        "minCpu": "50m",
+                        "minMemory": "64Mi",
+                    },
+                }
+            ],
+        },
+    }
+
+
+@pytest.fixture
+def rightsizing(operator: Any, kubectl: Any, namespace: str) -> Any:
+    """Prometheus scraping ``namespace`` and the operator release pointed at it (restored afterwards)."""
+    if not isinstance(operator, InClusterOperator):
+        pytest.skip(
+            "no real node: in-place resize needs a real kubelet (the operator runs as a local process)"
+        )
+    prom = InClusterPrometheus(kubectl, namespace, [namespace], scrape_interval_s=2.0)
+    saved = dict(operator.extra_values)
+    try:
+        prom.install()
+        operator.extra_values = {
+            **saved,
+            "operator": {
+                "prometheusUrl": prom.url,
+                "extraEnv": [
+                    {"name": "AGENTSCALE_RC_CYCLE_SECONDS", "value": "2"},
+                    {"name": "AGENTSCALE_RC_RIGHTSIZE_INTERVAL_SECONDS", "value": str(ROUND_S)},
+                ],
+            },
+        }
+        operator.install()
+        yield prom
+    finally:
+        operator.extra_values = saved
+        operator.install()
+        prom.uninstall()
+
+
+def worker_pods(kubectl: Any, ns: str) -> list[dict[str, Any]]:
+    items = kubectl.json("-n", ns, "get", "pods", "-l", f"agentscale.io/step={STEP}")["items"]
+    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+
+
+def container(pod: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in pod["spec"]["containers"] if c["name"] == "worker")
+
+
+def status_of(pod: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in pod["status"].get("containerStatuses", []) if c["name"] == "worker")
+
+
+CPU_SHARES = (
+    "import pathlib\n"
+    "for p in ('/sys/fs/cgroup/cpu/cpu.shares', '/sys/fs/cgroup/cpu,cpuacct/cpu.shares',\n"
+    "          '/sys/fs/cgroup/cpu.weight'):\n"
+    "    f = pathlib.Path(p)\n"
+    "    if f.exists():\n"
+    "        print(p, f.read_text().strip()); break\n"
+)
+
+
+def test_an_idle_worker_is_resized_in_place_and_status_says_why(
+    kubectl: Any, namespace: str, wait_for: Any, rightsizing: InClusterPrometheus
+) -> None:
+    ns = namespace
+    kubectl.apply(the_workflow(ns), namespace=ns)
+    dep = f"{WORKFLOW}-{STEP}"
+
+    def running() -> dict[str, Any] | None:
+        pods = [p for p in worker_pods(kubectl, ns) if p["status"].get("phase") == "Running"]
+        return pods[0] if len(pods) == 1 else None
+
+    before = wait_for(running, timeout=240, interval=2, message="the step's worker Running")
+    uid, restarts = before["metadata"]["uid"], status_of(before).get("restartCount", 0)
+    assert container(before)["resources"]["requests"]["cpu"] == "500m"
+
+    # Half a window of series (15 s at a 2 s scrape), then a round within 5 s.
+    def entry() -> dict[str, Any] | None:
+        got = ((get_wf(kubectl, ns, WORKFLOW).get("status") or {}).get("rightsizing") or {}).get(
+            f"step/{STEP}"
+        )
+        return got if got and (got.get("recommended") or {}).get("cpu") else None
+
+    done = wait_for(entry, timeout=75, interval=2, message="status.rightsizing with a recommendation")
+    print(f"status.rightsizing: {done}")
+    rec = done["recommended"]
+    assert rec["cpu"] == "50m", done  # an idle worker: its p95 x 1.2 is under the floor
+    mem = int(rec["memory"].removesuffix("Mi"))
+    assert 64 <= mem < 512, done
+    assert done["reason"].startswith("cpu p95 ") and done["reason"].endswith(f"500m/512Mi -> 50m/{mem}Mi"), (
+        done
+    )
+    assert done["resizedPods"] == 1, done
+
+    # The same pod, not restarted, with the new requests in its spec and (once the kubelet is done) status.
+    def resized() -> dict[str, Any] | None:
+        pod = running()
+        if pod is None:
+            return None
+        st = status_of(pod)
+        have = (st.get("resources") or {}).get("requests") or {}
+        return pod if have.get("cpu") == "50m" and have.get("memory") == rec["memory"] else None
+
+    after = wait_for(resized, timeout=30, interval=1, message="the kubelet reports the new requests")
+    assert after["metadata"]["uid"] == uid
+    assert status_of(after).get("restartCount", 0) == restarts
+    req = container(after)["resources"]["requests"]
+    assert req["cpu"] == "50m" and req["memory"] == rec["memory"]
+    assert req["ephemeral-storage"] == "64Mi"  # only cpu and memory are ever written
+    assert container(after)["resources"]["limits"] == {"memory": "1Gi"}
+    conditions = {c["type"]: c["status"] for c in after["status"].get("conditions", [])}
+    assert conditions.get("PodResizePending") != "True", after["status"]["conditions"]
+
+    # The container's own cgroup: the kubelet had containerd change it (cgroup v1: 50m -> 51 shares).
+    name = after["metadata"]["name"]
+    shares = kubectl("-n", ns, "exec", name, "-c", "worker", "--", "python", "-c", CPU_SHARES, timeout=30)
+    print(f"cgroup after the resize: {shares.strip()}")
+    path, value = shares.split()
+    assert int(value) == (51 if path.endswith("cpu.shares") else 2), shares  # cpu.weight of 51 shares: 2
+
+    # The workflow's Event says why; the Deployment's template keeps what the spec renders.
+    events = kubectl.json("-n", ns, "get", "events", "--field-selector", "reason=Rightsized")["items"]
+    said = [e["message"] for e in events if e["involvedObject"]["name"] == WORKFLOW]
+    assert any(m.startswith(f"step/{STEP}: cpu p95") and "resized 1 of 1" in m for m in said), said
+    template = kubectl.json("-n", ns, "get", "deployment", dep)["spec"]["template"]["spec"]["containers"][0]
+    assert template["resources"]["requests"]["cpu"] == "500m"
