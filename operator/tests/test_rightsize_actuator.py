@@ -10,9 +10,12 @@ from agentscale.cache import ClusterCache
 from agentscale.resource_controller import metrics as M
 from agentscale.resource_controller import rightsize_actuator as A
 from agentscale.resource_controller.config import PolicyConfig
+from agentscale.resource_controller.leader import LeaseConfig
+from agentscale.resource_controller.loop import LoopSettings, ResourceController
 from agentscale.resource_controller.rightsize import MIB
-from agentscale.resource_controller.signals import ErrorKind, SignalError
+from agentscale.resource_controller.signals import ErrorKind, Reading, SignalError
 from conftest import minimal_spec
+from test_resource_leader import FakeClock
 
 NS, WF = "ns", "shop"
 KEY = (NS, WF)
@@ -71,6 +74,9 @@ class FakeApi:
     ) -> None:
         self.events.append((type_, reason, message))
 
+    async def apply_status(self, *args: Any, **kw: Any) -> None:
+        """The loop's MetricsUnavailable condition (not under test here)."""
+
 
 class CannedPrometheus:
     """Answers each query with the process source's values for every pod (no cAdvisor series)."""
@@ -85,6 +91,13 @@ class CannedPrometheus:
         }
         self.down = down
         self.queries: list[str] = []
+
+    async def read(self) -> Reading:
+        """The loop's own read of the scaling signals: none (not under test here)."""
+        return Reading(NOW, 0.0, {}, NOW)
+
+    async def close(self) -> None:
+        pass
 
     async def instant(self, query: str) -> tuple[Any, SignalError | None]:
         self.queries.append(query)
@@ -202,3 +215,20 @@ def test_due_on_its_own_cadence() -> None:
     assert not r.due(159.0) and r.due(160.0)
     r.reset()
     assert r.due(101.0)
+
+
+async def test_the_loop_runs_a_round_when_due_on_the_same_reader() -> None:
+    api, prom, clock = FakeApi([pod("w-0")]), CannedPrometheus(0.18, 250 * MIB, 60), FakeClock()
+    settings = LoopSettings(lease=LeaseConfig("ns-op", "lease"), prometheus_url="http://p:9090")
+    rc = ResourceController(api, cache(ON), settings, clock=clock, reader=prom)  # type: ignore[arg-type]
+    assert rc.rightsizer.reader is prom and rc.rightsizer.config is settings.policy
+    rc.rightsizer.may_write = lambda: True
+    await rc.cycle()
+    assert [name for name, *_ in api.resized] == ["w-0"]
+    asked = len(prom.queries)
+    clock.t += settings.policy.rightsize_interval_s - 1
+    await rc.cycle()
+    assert len(prom.queries) == asked  # not due yet
+    clock.t += 1
+    await rc.cycle()
+    assert len(prom.queries) == 2 * asked

@@ -205,11 +205,8 @@ def plan_part(
             new_mem = memory if low or moved(memory, before[1], threshold) else before[1]
             changed = (new_cpu, new_mem) != before
             cpu, memory = new_cpu, new_mem
-            if not changed:
-                note = (
-                    f"within {threshold:.0%}: recommended {cpu_text(got[0])}/{memory_text(got[1])}, "
-                    f"in force {cpu_text(before[0])}/{memory_text(before[1])}"
-                )
+            if not changed:  # no numbers: the note is written to status, and must not change every round
+                note = f"usage needs the requests in force to within {threshold:.0%}: no change"
         if changed:
             reason = _reason(s, cpu_obs, mem_obs, before, (cpu, memory))
             rec = Recommendation(cpu, memory, now, cpu_obs, mem_obs, reason)
