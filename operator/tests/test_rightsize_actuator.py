@@ -232,3 +232,11 @@ async def test_the_loop_runs_a_round_when_due_on_the_same_reader() -> None:
     clock.t += 1
     await rc.cycle()
     assert len(prom.queries) == 2 * asked
+
+
+async def test_entries_of_parts_turned_off_are_dropped_from_status() -> None:
+    api = FakeApi([pod("w-0")])
+    old = {"step/s": {"reason": "x"}, "step/gone": {"reason": "y"}}
+    r, _ = rightsizer(api, CannedPrometheus(0.18, 250 * MIB, 60), cache(None, {"rightsizing": old}))
+    await r.cycle(0.0)
+    assert api.status == [{"rightsizing": {"step/gone": None, "step/s": None}}] and api.resized == []

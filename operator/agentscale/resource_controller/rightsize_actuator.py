@@ -12,7 +12,8 @@ A round, every ``rightsize_interval_s`` within the leader's cycle (nothing at al
 4. Each resize through the pod's ``resize`` subresource (``kube.KubeClient.resize``, field manager
    ``agentscale-resource-controller``), only ``cpu``/``memory`` requests of the main container; then
    ``status.rightsizing[<part>]`` (a merge patch of that key alone) and a ``Rightsized`` Event when the
-   recommendation changed (a ``RightsizeFailed`` Warning when a resize failed).
+   recommendation changed (a ``RightsizeFailed`` Warning when a resize failed). Entries of parts that no
+   longer have it on are dropped from ``status.rightsizing``.
 
 The pod template is not written: a template change rolls the Deployment, replacing the very pods just
 resized in place (docs/tuning.md, Right-sizing, says what that trades). New pods start with the spec's
@@ -208,7 +209,10 @@ class Rightsizer:
         """One round (see the module); the plans made."""
         self.last_round = monotonic_now
         parts = self.enabled_parts()
-        if not parts or not self.may_write():
+        if not self.may_write():
+            return []
+        await self._forget_disabled(parts)
+        if not parts:
             return []
         if self.reader is None:
             self._say("right-sizing: no Prometheus (AGENTSCALE_PROMETHEUS_URL unset): nothing resized")
@@ -240,6 +244,25 @@ class Rightsizer:
             views = [v for o in objs if (v := pod_view(o, p.component, usage, p.group)) is not None]
             plans.append(await self._part(p, views, now))
         return plans
+
+    async def _forget_disabled(self, parts: Sequence[EnabledPart]) -> None:
+        """Drop ``status.rightsizing`` entries of parts that no longer have it on (or no longer exist)."""
+        enabled: dict[Key, set[str]] = {}
+        for p in parts:
+            enabled.setdefault(p.workflow, set()).add(p.key)
+        for key in self.cache.workflow_keys():
+            record = self.cache.workflow_record(key)
+            live = ((record or {}).get("status") or {}).get("rightsizing")
+            if record is None or record["deleting"] or not isinstance(live, Mapping):
+                continue
+            stale = set(live) - enabled.get(key, set())
+            if stale:
+                try:
+                    await self.client.patch_status(
+                        API_VERSION, KIND, key[0], key[1], {"rightsizing": {k: None for k in sorted(stale)}}
+                    )
+                except Exception as exc:  # the next round tries again
+                    log.warning("%s/%s: could not clear status.rightsizing: %s", *key, exc)
 
     async def _part(self, p: EnabledPart, pods: Sequence[R.PodView], now: float) -> R.PartPlan:
         record = self.cache.workflow_record(p.workflow)
