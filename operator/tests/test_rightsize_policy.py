@@ -215,3 +215,14 @@ def test_rightsizing_in_queue_mode_is_accepted() -> None:
     spec["steps"][0].update(rightsizing={"enabled": True, "minCpu": "10m"}, scaling={"mode": "queue"})
     s = parse_spec(spec).steps[0]
     assert s.rightsizing.enabled and s.rightsizing.floors() == (pytest.approx(0.01), 64 * MIB)
+
+
+def test_the_reason_says_which_resource_was_kept_within_the_threshold():
+    current = Recommendation(0.216, 300 * MIB, since=0.0)
+    at = {"cpu": 0.216, "memory": 300 * MIB}
+    p = plan([pod(cpu=0.17, mem=400 * MIB, requests=at)], current=current)
+    assert p.changed and p.recommendation is not None
+    assert p.recommendation.reason == (
+        "cpu p95 170m x1.2 = 204m (within 10% of 216m: kept); memory peak 400Mi x1.2 = 480Mi; "
+        "216m/300Mi -> 216m/480Mi"
+    )

@@ -155,18 +155,23 @@ def recommend(
 
 def _reason(
     s: Rightsizing,
-    cpu_obs: float,
-    mem_obs: float,
+    observed: tuple[float, float],
+    wanted: tuple[float, float],
     before: tuple[float, float] | None,
     after: tuple[float, float],
+    threshold: float,
 ) -> str:
+    """``cpu p95 180m x1.2 = 216m; memory peak 250Mi x1.2 = 300Mi; 500m/512Mi -> 216m/300Mi``; a resource
+    kept within the threshold says so."""
     m = f"x{1 + s.margin:g}"
+    parts = []
+    for i, (what, r) in enumerate(((f"cpu p{s.percentile}", "cpu"), ("memory peak", "memory"))):
+        part = f"{what} {text(r, observed[i])} {m} = {text(r, wanted[i])}"
+        if after[i] != wanted[i]:
+            part += f" (within {threshold:.0%} of {text(r, after[i])}: kept)"
+        parts.append(part)
     was = f"{cpu_text(before[0])}/{memory_text(before[1])}" if before else "unset"
-    return (
-        f"cpu p{s.percentile} {cpu_text(cpu_obs)} {m} = {cpu_text(after[0])}; "
-        f"memory peak {memory_text(mem_obs)} {m} = {memory_text(after[1])}; "
-        f"{was} -> {cpu_text(after[0])}/{memory_text(after[1])}"
-    )
+    return f"{'; '.join(parts)}; {was} -> {cpu_text(after[0])}/{memory_text(after[1])}"
 
 
 def baseline(pods: Sequence[PodView]) -> tuple[float, float] | None:
@@ -208,7 +213,7 @@ def plan_part(
             if not changed:  # no numbers: the note is written to status, and must not change every round
                 note = f"usage needs the requests in force to within {threshold:.0%}: no change"
         if changed:
-            reason = _reason(s, cpu_obs, mem_obs, before, (cpu, memory))
+            reason = _reason(s, (cpu_obs, mem_obs), got[:2], before, (cpu, memory), threshold)
             rec = Recommendation(cpu, memory, now, cpu_obs, mem_obs, reason)
     if rec is None:
         return PartPlan(key, None, False, (), note)
