@@ -111,13 +111,29 @@ RULES = [
         Rule.LatencyBudget,
         "p95 budget 3800 ms",
     ),
-    # below the service time's own p95 (ln 20 = 3.0 s): nothing meets it, so the upper bound
+    # below the service time's own p95 (ln 20 = 3.0 s): no replica count meets it and more replicas would
+    # not help, so it is sized for utilization (1/s x 1 s at 70% busy: 2), not sent to maxReplicas
     (
         step(1, SLO, hi=8, queue_lag=0, arrival_rps=1, service_time_s=1),
         2.9,
-        8,
+        2,
+        Rule.BudgetBelowService,
+        "below the service's own p95 2996 ms",
+    ),
+    (
+        model(1, SLO, hi=8, arrival_rps=3, service_time_s=1, p95_latency_s=None),
+        2.9,
+        5,
+        Rule.BudgetBelowService,
+        "which replicas cannot shorten",
+    ),
+    # within reach of the service alone, but not of 2 replicas at this rate: the upper bound
+    (
+        step(1, SLO, hi=2, queue_lag=0, arrival_rps=3, service_time_s=1),
+        4.0,
+        2,
         Rule.BudgetUnmeetable,
-        "unmeetable within 8",
+        "unmeetable within 2",
     ),
     (step(2, SLO, queue_lag=0, service_time_s=1), 4.0, 2, Rule.FailStatic, "arrival rate unknown"),
     (model(2, SLO, arrival_rps=1), 4.0, 2, Rule.FailStatic, "service time unknown"),

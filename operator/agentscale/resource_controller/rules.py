@@ -178,6 +178,31 @@ def _size_slo(
     return lambda lam: Q.replicas_for_quantile(lam, service_s, budget_s / k, lo, hi, q)
 
 
+def _below_service(
+    part: Part,
+    rate: PlannedRate,
+    service_s: float,
+    budget_s: float,
+    floor_s: float,
+    lag: float,
+    window: float,
+    missing: list[str],
+    cfg: PolicyConfig,
+) -> Recommendation:
+    """The part's budget is below its own (corrected) service p95, what it takes with no waiting at all:
+    replicas shorten waiting, never service, so no count meets it. Going to ``maxReplicas`` would only burn
+    capacity (GPUs, for a model server); size it as mode queue does (Little's law at ``target_utilization``,
+    plus the drain) and say what would meet the target instead."""
+    assert rate.rate is not None
+    term = _rate_term(part, rate, service_s, lag, window, cfg)
+    assert term is not None
+    why = (
+        f"p95 budget {ms(budget_s)} below the service's own p95 {ms(floor_s)}, which replicas cannot "
+        f"shorten (faster service or a larger share of the target can): {term.reason} needs {term.replicas}"
+    )
+    return Recommendation(term.replicas, Rule.BudgetBelowService, why, tuple(missing), steady=term.steady)
+
+
 def slo(part: Part, rate: PlannedRate, budget_s: float, cfg: PolicyConfig) -> Recommendation:
     """Mode slo: the fewest replicas that meet the part's latency budget on the planned rate (plus draining
     the lag within the drain window, for steps), by M/M/c on the measured service time with the online
@@ -194,8 +219,13 @@ def slo(part: Part, rate: PlannedRate, budget_s: float, cfg: PolicyConfig) -> Re
         missing.append("queue lag")
         lag = 0.0
     k = correction(part, service_s, cfg)
-    size = _size_slo(part, service_s, budget_s, k, cfg)
     window = drain_window_s(part, budget_s, cfg)
+    floor_s = k * Q.service_quantile(
+        service_s * (part.slots if part.kind == PartKind.step else 1), cfg.latency_quantile
+    )
+    if floor_s >= budget_s:
+        return _below_service(part, rate, service_s, budget_s, floor_s, lag, window, missing, cfg)
+    size = _size_slo(part, service_s, budget_s, k, cfg)
     ahead = backlog_ahead(part, rate.rate, service_s)
     need = size(rate.rate + Q.drain_rate(ahead, window))
     hi = part.bounds.hi

@@ -225,6 +225,7 @@ class Rule(StrEnum):
     QueueTime = "QueueTime"  # Triton queue time per request over targetQueueTimeMs
     LatencyBudget = "LatencyBudget"  # M/M/c sized to the part's share of the p95 target
     BudgetUnmeetable = "BudgetUnmeetable"  # no replica count within bounds meets the budget
+    BudgetBelowService = "BudgetBelowService"  # budget below the service p95: sized for utilization
     Panic = "Panic"  # short-window rate far above capacity: up at once, never down
     Wake = "Wake"  # work arrived for a part at zero
     Idle = "Idle"  # no work for the idle window: to zero
