@@ -294,7 +294,7 @@ def controller_plot(
 
 def print_summary(s: dict[str, Any], slo_ms: float) -> None:
     say("")
-    say(f"summary: {WORKFLOW} as pods on the real node, open loop at {RPS:g} req/s for {s['seconds']:.0f}s")
+    say(f"summary: {WORKFLOW} as pods on the real node, open loop ({PROFILE}, up to {RPS:g} req/s, a spike)")
     say(f"  requests {s['sent']}: ok {s['ok']}, shed (429) {s['shed']}, errors {s['errors']}")
     dt = max(s["seconds"], 1e-6)
     say(f"  achieved {s['ok'] / dt:.1f} req/s (offered {s['sent'] / dt:.1f})")
@@ -347,8 +347,9 @@ def run_pods() -> int:
                 items = ", ".join(f"#{i['id']} ({i['score']:.3f})" for i in smoke["items"])
                 say(f"smoke run {smoke['run_id']}: answered in {smoke['ms']} ms, top items {items}")
                 print(
-                    f"\n=== [{time.strftime('%H:%M:%S')}] open-loop load from the pod: {RPS:g} req/s for "
-                    f"{SECONDS:g}s -> POST /v1/runs/sync (line every {REPORT_EVERY_S}s)",
+                    f"\n=== [{time.strftime('%H:%M:%S')}] open-loop load from the pod ({PROFILE}: "
+                    f"{RPS / 2:g} -> {RPS:g} req/s, a spike to {2 * RPS:g}) for {SECONDS:g}s -> "
+                    f"POST /v1/runs/sync (line every {REPORT_EVERY_S}s)",
                     flush=True,
                 )
             elif kind == "WINDOW":
