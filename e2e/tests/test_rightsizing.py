@@ -56,6 +56,8 @@ def the_workflow(namespace: str) -> dict[str, Any]:
             "steps": [
                 {
                     "name": STEP,
+                    # any handler the worker image ships: the step stays idle (without one the worker exits)
+                    "args": ["--handler", "agentscale_worker.examples.recommendation:retrieve"],
                     "resources": OVERSIZED,
                     "scaling": {"mode": "queue", "minReplicas": 1, "maxReplicas": 1},
                     "rightsizing": {
@@ -123,8 +125,23 @@ CPU_SHARES = (
 )
 
 
+def diagnose(operator: InClusterOperator, prom: InClusterPrometheus, kubectl: Any, ns: str, pod: str) -> str:
+    """What the controller saw and said, for a failure message."""
+    lines = []
+    for expr in ("process_cpu_seconds_total", "process_resident_memory_bytes"):
+        try:
+            got = prom.query(expr, pod, ns)
+            lines.append(f"{expr}: {[(r['metric'], r['value'][1]) for r in got][:3]}")
+        except Exception as exc:  # a diagnosis must not hide the failure it explains
+            lines.append(f"{expr}: query failed: {exc}")
+    log = [ln for ln in operator.logs().splitlines() if "ightsiz" in ln or "resize" in ln or "WARNING" in ln]
+    status = (get_wf(kubectl, ns, WORKFLOW).get("status") or {}).get("rightsizing")
+    lines += [f"status.rightsizing: {status}", "operator log (rightsizing lines):", *log[-40:]]
+    return "\n".join(lines)
+
+
 def test_an_idle_worker_is_resized_in_place_and_status_says_why(
-    kubectl: Any, namespace: str, wait_for: Any, rightsizing: InClusterPrometheus
+    kubectl: Any, namespace: str, wait_for: Any, rightsizing: InClusterPrometheus, operator: Any
 ) -> None:
     ns = namespace
     kubectl.apply(the_workflow(ns), namespace=ns)
@@ -145,7 +162,11 @@ def test_an_idle_worker_is_resized_in_place_and_status_says_why(
         )
         return got if got and (got.get("recommended") or {}).get("cpu") else None
 
-    done = wait_for(entry, timeout=75, interval=2, message="status.rightsizing with a recommendation")
+    try:
+        done = wait_for(entry, timeout=75, interval=2, message="status.rightsizing with a recommendation")
+    except AssertionError as exc:
+        diagnosis = diagnose(operator, rightsizing, kubectl, ns, before["metadata"]["name"])
+        raise AssertionError(f"{exc}\n{diagnosis}") from None
     print(f"status.rightsizing: {done}")
     rec = done["recommended"]
     # An idle worker: its p95 x 1.2 is near the 50m floor (the window may still hold its start-up); its
