@@ -74,6 +74,15 @@ def test_floors(cpu, mem, want_cpu, want_mem):
     assert p.resizes[0].requests == {"cpu": want_cpu, "memory": want_mem}
 
 
+def test_the_reason_names_the_floor_when_the_floor_set_the_request():
+    # seen on the real node: an idle worker at 4m read "cpu p95 4m x1.2 = 50m", a product that is wrong
+    p = plan([pod(cpu=0.004, mem=88 * MIB, limits={})])
+    assert p.recommendation is not None
+    assert p.recommendation.reason == (
+        "cpu p95 4m x1.2 under the floor 50m; memory peak 88Mi x1.2 = 106Mi; 500m/512Mi -> 50m/106Mi"
+    )
+
+
 def test_no_decision_without_enough_data():
     p = plan([pod(observed=WINDOW * 0.4), pod("p1", cpu=None, mem=None)])
     assert p.recommendation is None and not p.resizes

@@ -162,11 +162,17 @@ def _reason(
     threshold: float,
 ) -> str:
     """``cpu p95 180m x1.2 = 216m; memory peak 250Mi x1.2 = 300Mi; 500m/512Mi -> 216m/300Mi``; a resource
-    kept within the threshold says so."""
+    the floor (minCpu, minMemory) set says ``cpu p95 4m x1.2 under the floor 50m``, and one kept within the
+    threshold says so."""
     m = f"x{1 + s.margin:g}"
+    floors = s.floors()
     parts = []
     for i, (what, r) in enumerate(((f"cpu p{s.percentile}", "cpu"), ("memory peak", "memory"))):
-        part = f"{what} {text(r, observed[i])} {m} = {text(r, wanted[i])}"
+        grown = observed[i] * (1 + s.margin)
+        if grown < floors[i]:  # the floor set it, not the observation
+            part = f"{what} {text(r, observed[i])} {m} under the floor {text(r, floors[i])}"
+        else:
+            part = f"{what} {text(r, observed[i])} {m} = {text(r, wanted[i])}"
         if after[i] != wanted[i]:
             part += f" (within {threshold:.0%} of {text(r, after[i])}: kept)"
         parts.append(part)
