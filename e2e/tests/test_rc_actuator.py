@@ -1,7 +1,8 @@
 """The resource controller inside the operator process, against a real API server.
 
 A queue-mode step whose Deployment someone scales below its minimum is brought back into bounds by the
-resource controller (its own field manager in managedFields, a Scaled Event, status.lastScalingDecision);
+resource controller (its own field manager in managedFields, a Scaled Event, status.lastScalingDecision and
+status.scaling["step/<name>"]);
 an hpa-mode step of the same workflow is never written by it. The operator here runs without
 ``AGENTSCALE_PROMETHEUS_URL``, so the controller reads no signals and only clamps (fail static):
 docs/architecture.md, "Resource controller"; ``test_rc_signals.py`` runs it against a real Prometheus.
@@ -74,6 +75,10 @@ def test_queue_mode_below_min_is_brought_back_and_hpa_mode_is_never_written(
     last = wait_for(decision, timeout=30, interval=1, message="status.lastScalingDecision for 0 -> 2")
     assert (last["target"], last["toReplicas"]) == ("step/q", 2), last
     assert "bounded to [2, 4]" in last["reason"] and last["time"], last
+    # The part's own entry says the same: its desired replicas, the rule and the reason.
+    part = get_wf(kubectl, ns, "rc")["status"]["scaling"]["step/q"]
+    assert (part["fromReplicas"], part["desired"], part["reason"]) == (0, 2, last["reason"]), part
+    assert part["rule"], part
 
     events = wait_for(
         lambda: [e for e in scaled_events(kubectl, ns) if "0 -> 2" in e["message"]],
@@ -89,6 +94,7 @@ def test_queue_mode_below_min_is_brought_back_and_hpa_mode_is_never_written(
     # The workflow controller's own status writes since then kept the controller's key.
     wait_condition(kubectl, wait_for, ns, "rc", "Ready", "True")
     assert get_wf(kubectl, ns, "rc")["status"]["lastScalingDecision"] == last
+    assert get_wf(kubectl, ns, "rc")["status"]["scaling"]["step/q"] == part
 
     # In bounds and without signals, the controller holds: two more cycles write nothing.
     before = (deployment(kubectl, ns, "rc-q")["metadata"]["generation"], len(scaled_events(kubectl, ns)))

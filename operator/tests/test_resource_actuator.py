@@ -109,24 +109,48 @@ async def test_a_change_scales_with_its_own_manager_then_posts_an_event_and_the_
         ("Scaled", f"model/n: {decisions[3].reason}"),
     ]
     assert kube.events[0]["involved"]["uid"] == "uid-1" and kube.events[0]["component"] == FIELD_MANAGER
-    # One status write per cycle: the last change, and only that key.
+
+    # One status write per cycle: each changed part's entry and the last change, and only those keys.
+    def entry(d: Any) -> dict[str, Any]:
+        return {
+            "time": "2026-11-28T09:30:00Z",
+            "fromReplicas": d.from_replicas,
+            "desired": d.to_replicas,
+            "rule": str(d.rule),
+            "reason": d.reason,
+        }
+
     assert kube.statuses == [
         {
             "kind": "AgentWorkflow",
             "name": "wf",
             "status": {
+                "scaling": {"step/a": entry(decisions[0]), "model/n": entry(decisions[3])},
                 "lastScalingDecision": {
                     "time": "2026-11-28T09:30:00Z",
                     "target": "model/n",
                     "fromReplicas": 9,
                     "toReplicas": 6,
                     "reason": decisions[3].reason,
-                }
+                },
             },
         }
     ]
     # The key is one the CRD knows (the model refuses unknown keys).
     AgentWorkflowStatus.model_validate(kube.statuses[0]["status"])
+
+
+async def test_entries_of_parts_no_longer_controlled_are_removed() -> None:
+    kube = FakeKube()
+    targets = {"step/a": target("queue"), "step/f": target("fixed")}
+    # nothing changed, but status.scaling still holds a removed step and one now in mode fixed
+    await Actuator(kube, clock=lambda: AT).apply(
+        WF, [decision("step/a", 2, 2)], targets, ["step/a", "step/f", "step/gone"]
+    )  # type: ignore[arg-type]
+    assert [s["status"] for s in kube.statuses] == [{"scaling": {"step/f": None, "step/gone": None}}]
+    kube.statuses.clear()
+    await Actuator(kube).apply(WF, [decision("step/a", 2, 2)], targets, ["step/a"])  # type: ignore[arg-type]
+    assert kube.statuses == []  # nothing to remove, nothing changed: no write
 
 
 async def test_nothing_changed_writes_nothing() -> None:

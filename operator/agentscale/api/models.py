@@ -1001,6 +1001,16 @@ class ScalingDecision(_Model):
     reason: str = Field("", description="Why.")
 
 
+class PartScaling(_Model):
+    """The resource controller's last replica change of one step or model server, and why."""
+
+    time: str = Field("", description="When (RFC 3339).")
+    fromReplicas: int = Field(0, description="Replicas before.")
+    desired: int = Field(0, description="Replicas the controller set.")
+    rule: str = Field("", description="The rule that set the number (QueueLag, LatencyBudget, Panic, ...).")
+    reason: str = Field("", description="Why, in one line with the numbers.")
+
+
 class Requests(_Model):
     """CPU and memory requests of one container, as Kubernetes quantities."""
 
@@ -1037,6 +1047,13 @@ class AgentWorkflowStatus(_Model):
         0, description="GPUs (whole or MIG slices) the workflow's pods request at desired scale."
     )
     lastScalingDecision: ScalingDecision | None = Field(None, description="The last replica change.")
+    scaling: dict[str, PartScaling] = Field(
+        default_factory=dict,
+        description=(
+            "Per part (step/<name>, model/<name>) in mode queue or slo, written by the resource controller: "
+            "the desired replicas it last set and why."
+        ),
+    )
     rightsizing: dict[str, RightsizingStatus] = Field(
         default_factory=dict,
         description=(

@@ -7,9 +7,10 @@
 - Writes carry their own field manager, ``agentscale-resource-controller``, so ``managedFields`` say who set
   the replicas (the operator applies with ``agentscale``; an HPA writes as ``kube-controller-manager``).
 - Each change gets an Event on the workflow (reason ``Scaled``, message ``<target>: <the decision's
-  reason>``) and the workflow's ``status.lastScalingDecision`` (a merge patch of that key alone: the
-  workflow controller's ``status.status_patch`` never writes it, so the two status writers do not clobber
-  each other).
+  reason>``), the workflow's ``status.lastScalingDecision`` and the part's entry of ``status.scaling``
+  (desired replicas, rule, reason), in one merge patch of those two keys alone: the workflow controller's
+  ``status.status_patch`` never writes them, so the two status writers do not clobber each other. Entries of
+  parts that left the spec (or the controlled modes) are removed in the same patch, or in one of their own.
 - The workflow's ``MetricsUnavailable`` condition (:meth:`Actuator.set_condition`): server-side apply of that
   one entry of ``status.conditions`` (a list keyed by type) under the same field manager, so the workflow
   controller's conditions are never touched; a Warning Event when it turns True, a Normal one when it turns
@@ -23,11 +24,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agentscale.api.models import API_VERSION, KIND, Condition, Scaling, ScalingDecision
+from agentscale.api.models import API_VERSION, KIND, Condition, PartScaling, Scaling, ScalingDecision
 from agentscale.kube import ApiError
 from agentscale.resource_controller.snapshot import Decision
 
@@ -110,6 +111,17 @@ def scaling_decision(d: Decision, at: dt.datetime) -> dict[str, Any]:
     ).model_dump(mode="json")
 
 
+def part_scaling(d: Decision, at: dt.datetime) -> dict[str, Any]:
+    """One entry of ``status.scaling``, through the API model."""
+    return PartScaling(
+        time=at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        fromReplicas=d.from_replicas,
+        desired=d.to_replicas,
+        rule=str(d.rule),
+        reason=d.reason,
+    ).model_dump(mode="json")
+
+
 @dataclass
 class Applied:
     scaled: list[Decision] = field(default_factory=list)
@@ -139,8 +151,14 @@ class Actuator:
         self.clock = clock
 
     async def apply(
-        self, wf: WorkflowRef, decisions: Sequence[Decision], targets: Mapping[str, Target]
+        self,
+        wf: WorkflowRef,
+        decisions: Sequence[Decision],
+        targets: Mapping[str, Target],
+        recorded: Collection[str] = (),
     ) -> Applied:
+        """Scale what changed. ``recorded``: the parts ``status.scaling`` holds now (entries of parts that
+        are no longer ``targets`` controlled by this controller are removed)."""
         writes, refused = plan_writes(decisions, targets)
         out = Applied(refused=refused)
         for r in refused:
@@ -161,8 +179,11 @@ class Actuator:
                 continue
             out.scaled.append(d)
             await self._event(wf, d)
-        if out.scaled:
-            await self._status(wf, out.scaled[-1])
+        gone = sorted(
+            k for k in recorded if k not in targets or not targets[k].scaling.controller_owns_replicas()
+        )
+        if (out.scaled or gone) and self.may_write():
+            await self._status(wf, out.scaled, gone)
         return out
 
     async def set_condition(self, wf: WorkflowRef, cond: Condition, was: str | None) -> bool:
@@ -200,8 +221,13 @@ class Actuator:
         except Exception as exc:  # what happened stands; a lost Event must not undo the bookkeeping
             log.warning("%s/%s: could not record %s event: %s", wf.namespace, wf.name, reason, exc)
 
-    async def _status(self, wf: WorkflowRef, d: Decision) -> None:
-        status = {"lastScalingDecision": scaling_decision(d, self.clock())}
+    async def _status(self, wf: WorkflowRef, scaled: Sequence[Decision], gone: Sequence[str]) -> None:
+        at = self.clock()
+        parts: dict[str, Any] = dict.fromkeys(gone)
+        parts.update({d.target: part_scaling(d, at) for d in scaled})
+        status: dict[str, Any] = {"scaling": parts}
+        if scaled:
+            status["lastScalingDecision"] = scaling_decision(scaled[-1], at)
         try:
             await self.client.patch_status(API_VERSION, KIND, wf.namespace, wf.name, status)
         except ApiError as exc:

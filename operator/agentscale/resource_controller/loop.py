@@ -324,7 +324,8 @@ class ResourceController:
         decisions = [d for d in decisions if d.target in targets]
         self.rebalancer.observe(key, snap, decisions, health)
         ref = WorkflowRef(key[0], key[1], str(record["uid"]))
-        applied = await self.actuator.apply(ref, decisions, targets)
+        recorded = ((record.get("status") or {}).get("scaling") or {}).keys()
+        applied = await self.actuator.apply(ref, decisions, targets, recorded)
         self.metrics.decided(decisions, applied.unchanged())
         state = dict(outcome.state)
         # A part with no Deployment yet, whose write did not happen, or that failed static without a write
