@@ -72,7 +72,9 @@ def _quantile(c: int, lam: float, mu: float, p_wait: float, q: float) -> float:
     lo, hi = 0.0, -math.log(target) / min(mu, c * mu - lam)
     while sojourn_tail(hi, c, lam, mu, p_wait) > target:
         hi *= 2.0
-    for _ in range(60):  # bisection: the tail falls monotonically in t
+    for _ in range(60):  # bisection: the tail falls monotonically in t; 1e-9 relative is plenty
+        if hi - lo <= 1e-9 * hi:
+            break
         mid = (lo + hi) / 2.0
         if sojourn_tail(mid, c, lam, mu, p_wait) > target:
             lo = mid

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 
 from agentscale.api.models import Scaling, ScalingMode
 
@@ -133,15 +134,16 @@ class Part:
             **kwargs,  # type: ignore[arg-type]
         )
 
-    @property
+    @cached_property
     def key(self) -> str:
         """``step/<name>`` or ``model/<name>``, as ``status.lastScalingDecision.target`` names it."""
         return f"{self.kind}/{self.name}"
 
-    @property
+    @cached_property
     def controlled(self) -> bool:
-        """The resource controller owns this part's replicas (the API's one ownership rule)."""
-        return Scaling(mode=self.mode).controller_owns_replicas()
+        """The resource controller owns this part's replicas (the API's one ownership rule; the mode is
+        already valid, so the model is built without validating it again)."""
+        return Scaling.model_construct(mode=self.mode).controller_owns_replicas()
 
     def service_time_s(self) -> float | None:
         """Measured replica-seconds per request, else the profile's at the measured batch, else None."""
