@@ -200,3 +200,13 @@ def test_csv_errors_name_the_line(tmp_path: Path, text: str, error: str) -> None
     path.write_text(text)
     with pytest.raises(ValueError, match=error):
         traces.load_csv(path)
+
+
+def test_decide_time_bench_runs_and_exercises_scaling() -> None:
+    """The decide() benchmark in CI size, so it cannot rot: its fleet parses, every cycle decides every part,
+    and the signals it builds make some parts scale (a fleet at rest would time only the hold path)."""
+    from bench.controller import decide_time
+
+    res = decide_time.run(20, cycles=2)
+    assert res["workflows"] == 20 and len(res["cycles_ms"]) == 2
+    assert all(c > 0 for c in res["changes_per_cycle"]), res
