@@ -195,10 +195,14 @@ def test_recommendation_runs_as_real_pods_and_survives_a_deleted_step_pod(
     assert result["answered"] == RUNS and result["answered_twice"] == [], result
 
     def replaced() -> bool:
+        # encode is in mode hpa (2 to 8 replicas): the HPA may have added pods under the load, so the
+        # ReplicaSet is done when the victim is gone and the Deployment's own count is running and ready.
+        want = int(kubectl.json("-n", namespace, "get", "deployment", step)["spec"].get("replicas") or 0)
         now = kubectl.json("-n", namespace, "get", "pods", "-l", "agentscale.io/step=encode")["items"]
-        names = {p["metadata"]["name"] for p in now if not p["metadata"].get("deletionTimestamp")}
-        ready = [p for p in now if all(cs.get("ready") for cs in p["status"].get("containerStatuses", [{}]))]
-        return victim not in names and len(names) == 2 and len(ready) >= 2
+        live = [p for p in now if not p["metadata"].get("deletionTimestamp")]
+        names = {p["metadata"]["name"] for p in live}
+        ready = [p for p in live if all(cs.get("ready") for cs in p["status"].get("containerStatuses", [{}]))]
+        return victim not in names and want >= 2 and len(names) == want and len(ready) >= want
 
     wait_for(replaced, timeout=120, message=f"the ReplicaSet of {step} to replace {victim}")
     measured = {
