@@ -1,10 +1,13 @@
 """The sensors at scale: 1,000 workflows x 4 steps and a model server each, scraped by a real Prometheus.
 A read is still one query per signal; how long it takes is printed (measured, not asserted), for the queries
 themselves and for the series the recording rules record (AGENTSCALE_RC_RECORDED_SIGNALS=1), both against the
-same Prometheus in the same run (it evaluates the rules every RULE_INTERVAL_S meanwhile)."""
+same Prometheus in the same run (it evaluates the rules every RULE_INTERVAL_S meanwhile). With
+AGENTSCALE_RECORD_READ set, the numbers are also written there (bench/controller/read_time.py)."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 from agentscale.resource_controller import promql as P
@@ -18,6 +21,10 @@ N_WORKFLOWS, STEPS, TARGETS = 1000, ("ingest", "encode", "rank", "answer"), 10
 READS = 5
 RULE_INTERVAL_S = 10  # a production cycle is 15 s: the rules are evaluated at least once a cycle
 LATENCY = Latency((0.2, 0.6, 0.9, 0.97, 1.0), 0.1)
+
+
+def _write(path: Path, doc: dict[str, object]) -> None:
+    path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def fleet() -> list[list[Pod]]:
@@ -83,3 +90,19 @@ async def test_one_read_for_4000_steps_and_1000_models_is_one_query_per_signal(t
             f"{slowest.duration_s * 1000:.0f} ms"
         )
     print(f"recorded / queries, median read: {medians['recorded'] / medians['queries']:.3f}")
+    record = os.environ.get("AGENTSCALE_RECORD_READ")  # bench/controller/read_time.py commits this file
+    if record:
+        doc = {
+            "workflows": N_WORKFLOWS,
+            "steps_per_workflow": len(STEPS),
+            "models_per_workflow": 1,
+            "series": series,
+            "queries_per_read": len(Signal),
+            "reads": READS,
+            "read_ms": {
+                name: sorted(round(r.duration_s * 1000, 1) for r in rs) for name, rs in readings.items()
+            },
+            "median_ms": {name: round(v, 1) for name, v in medians.items()},
+            "recorded_over_queries": round(medians["recorded"] / medians["queries"], 3),
+        }
+        _write(Path(record), doc)
