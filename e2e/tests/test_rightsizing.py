@@ -18,11 +18,15 @@ window of its series, the controller:
 - leaves the Deployment's template as the spec renders it (a template change would roll the Deployment and
   replace the pod just resized: docs/tuning.md, Right-sizing).
 
-The lead runs it on the cluster; the waits after the workflow is available add up to under 90 s.
+The waits after the workflow is available add up to under 90 s. What it saw is written to
+$AGENTSCALE_E2E_RECORD_DIR/rightsizing.json when that is set.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -212,3 +216,18 @@ def test_an_idle_worker_is_resized_in_place_and_status_says_why(
     assert any(m.startswith(f"step/{STEP}: cpu p95") and "resized 1 of 1" in m for m in said), said
     template = kubectl.json("-n", ns, "get", "deployment", dep)["spec"]["template"]["spec"]["containers"][0]
     assert template["resources"]["requests"]["cpu"] == "500m"
+
+    measured = {
+        "before": {"cpu": "500m", "memory": "512Mi"},
+        "status_rightsizing": done,
+        "same_pod": after["metadata"]["uid"] == uid,
+        "restarts": status_of(after).get("restartCount", 0) - restarts,
+        "cgroup": shares.strip(),
+        "template_cpu": template["resources"]["requests"]["cpu"],
+        "window_s": WINDOW_S,
+        "round_s": ROUND_S,
+    }
+    record = os.environ.get("AGENTSCALE_E2E_RECORD_DIR")
+    if record:
+        Path(record).mkdir(parents=True, exist_ok=True)
+        (Path(record) / "rightsizing.json").write_text(json.dumps(measured, indent=1) + "\n")
