@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,3 +219,28 @@ class InClusterPrometheus:
         if doc.get("status") != "success":
             raise AssertionError(f"Prometheus query {expr!r} failed: {doc}")
         return list(doc["data"]["result"])
+
+
+@contextmanager
+def operator_reading(
+    operator: Any, kubectl: Any, namespace: str, env: Mapping[str, str]
+) -> Iterator[InClusterPrometheus]:
+    """Prometheus in ``namespace`` scraping it, and the suite's operator release (an InClusterOperator)
+    upgraded to read it with ``env`` added to the operator's environment; both undone afterwards."""
+    prom = InClusterPrometheus(kubectl, namespace, [namespace], scrape_interval_s=2.0)
+    saved = dict(operator.extra_values)
+    try:
+        prom.install()
+        operator.extra_values = {
+            **saved,
+            "operator": {
+                "prometheusUrl": prom.url,
+                "extraEnv": [{"name": k, "value": v} for k, v in env.items()],
+            },
+        }
+        operator.install()  # helm upgrade: the changed environment rolls the operator's pods
+        yield prom
+    finally:
+        operator.extra_values = saved
+        operator.install()
+        prom.uninstall()

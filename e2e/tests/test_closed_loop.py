@@ -42,7 +42,7 @@ from typing import Any
 import pytest
 from incluster import InClusterOperator
 from operator_support import condition, get_wf
-from prometheus_support import REAL_LABEL, TOLERATION, InClusterPrometheus
+from prometheus_support import REAL_LABEL, TOLERATION, InClusterPrometheus, operator_reading
 
 pytestmark = pytest.mark.cluster
 
@@ -231,27 +231,13 @@ def loop(operator: Any, kubectl: Any, namespace: str) -> Any:
     afterwards)."""
     if not isinstance(operator, InClusterOperator):
         pytest.skip("no real node: the closed loop needs real pods (the operator runs as a local process)")
-    prom = InClusterPrometheus(kubectl, namespace, [namespace], scrape_interval_s=2.0)
-    saved = dict(operator.extra_values)
-    try:
-        prom.install()
-        operator.extra_values = {
-            **saved,
-            "operator": {
-                "prometheusUrl": prom.url,
-                "extraEnv": [
-                    {"name": "AGENTSCALE_RC_CYCLE_SECONDS", "value": str(CYCLE_S)},
-                    # only parts with minReplicas 0 go to zero: the scale-to-zero phase at the end
-                    {"name": "AGENTSCALE_RC_IDLE_WINDOW_SECONDS", "value": str(IDLE_WINDOW_S)},
-                ],
-            },
-        }
-        operator.install()  # helm upgrade: the changed environment rolls the operator's pods
+    env = {
+        "AGENTSCALE_RC_CYCLE_SECONDS": str(CYCLE_S),
+        # only parts with minReplicas 0 go to zero: the scale-to-zero phase at the end
+        "AGENTSCALE_RC_IDLE_WINDOW_SECONDS": str(IDLE_WINDOW_S),
+    }
+    with operator_reading(operator, kubectl, namespace, env) as prom:
         yield prom
-    finally:
-        operator.extra_values = saved
-        operator.install()
-        prom.uninstall()
 
 
 def test_real_pods_scale_up_under_load_down_after_it_and_hold_without_prometheus(

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 from incluster import InClusterOperator
 from operator_support import get_wf
-from prometheus_support import REAL_LABEL, TOLERATION, InClusterPrometheus
+from prometheus_support import REAL_LABEL, TOLERATION, InClusterPrometheus, operator_reading
 
 pytestmark = pytest.mark.cluster
 
@@ -84,26 +84,9 @@ def rightsizing(operator: Any, kubectl: Any, namespace: str) -> Any:
         pytest.skip(
             "no real node: in-place resize needs a real kubelet (the operator runs as a local process)"
         )
-    prom = InClusterPrometheus(kubectl, namespace, [namespace], scrape_interval_s=2.0)
-    saved = dict(operator.extra_values)
-    try:
-        prom.install()
-        operator.extra_values = {
-            **saved,
-            "operator": {
-                "prometheusUrl": prom.url,
-                "extraEnv": [
-                    {"name": "AGENTSCALE_RC_CYCLE_SECONDS", "value": "2"},
-                    {"name": "AGENTSCALE_RC_RIGHTSIZE_INTERVAL_SECONDS", "value": str(ROUND_S)},
-                ],
-            },
-        }
-        operator.install()
+    env = {"AGENTSCALE_RC_CYCLE_SECONDS": "2", "AGENTSCALE_RC_RIGHTSIZE_INTERVAL_SECONDS": str(ROUND_S)}
+    with operator_reading(operator, kubectl, namespace, env) as prom:
         yield prom
-    finally:
-        operator.extra_values = saved
-        operator.install()
-        prom.uninstall()
 
 
 def worker_pods(kubectl: Any, ns: str) -> list[dict[str, Any]]:

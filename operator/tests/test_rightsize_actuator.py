@@ -97,7 +97,7 @@ class CannedPrometheus:
         return Reading(NOW, 0.0, {}, NOW)
 
     async def close(self) -> None:
-        pass
+        """Nothing to close: no session behind the canned answers."""
 
     async def instant(self, query: str) -> tuple[Any, SignalError | None]:
         self.queries.append(query)
