@@ -338,7 +338,10 @@ def test_real_pods_scale_up_under_load_down_after_it_and_hold_without_prometheus
     prom.stop()
     cond = wait_for(lambda: metrics_unavailable(kubectl, ns, "True"), timeout=60, interval=1,
                     message="MetricsUnavailable True with Prometheus stopped")  # fmt: skip
-    assert cond["reason"] in ("Unreachable", "Timeout"), cond
+    # Gone (connection refused, timeout), or still shutting down: a terminating Prometheus answers 503 to
+    # the queries it gets meanwhile (seen in CI: "3 of 13 Prometheus queries failed: HTTP 503").
+    going = cond["reason"] == "HTTPError" and "503" in cond["message"]
+    assert cond["reason"] in ("Unreachable", "Timeout") or going, cond
     assert prom.url.split("//")[1] in cond["message"] and "not scaling down" in cond["message"], cond
     held, last = replicas(kubectl, ns), decision(kubectl, ns)
     time.sleep(5 * CYCLE_S + 2)  # five of the controller's cycles, and a margin
