@@ -42,10 +42,10 @@ stage "lint and types"
 .venv/bin/mypy operator/agentscale workloads/agentscale_worker workloads/agentscale_harness images/build.py
 
 stage "operator tests (unit, and the resource controller's signals against a real prometheus)"
-AGENTSCALE_REQUIRE_SERVICES=1 run_pytest operator/tests -q -p no:cacheprovider
+AGENTSCALE_REQUIRE_SERVICES=1 run_pytest operator/tests -q -p no:cacheprovider --durations=10
 
 stage "data-plane tests (real tritonserver + redis-server)"
-AGENTSCALE_REQUIRE_SERVICES=1 run_pytest workloads/tests -q -p no:cacheprovider
+AGENTSCALE_REQUIRE_SERVICES=1 run_pytest workloads/tests -q -p no:cacheprovider --durations=10
 
 if [ "${AGENTSCALE_E2E:-1}" = "0" ]; then
   stage "end-to-end suite skipped (AGENTSCALE_E2E=0)"
@@ -70,6 +70,6 @@ e2e/cluster/up.sh
 . e2e/cluster/env.sh
 
 stage "end-to-end suite"
-run_pytest e2e/tests -v -p no:cacheprovider
+run_pytest e2e/tests -v -p no:cacheprovider --durations=40
 
 stage "all green in $((SECONDS - T0))s"
