@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -221,6 +222,23 @@ def test_feed_forward_fans_out_and_joins_take_the_max() -> None:
     assert rates["step/c"].rate == 80.0 and rates["step/c"].source == "measured"  # its own is higher
     assert rates["step/d"].rate == 80.0 and rates["step/d"].source == "from c"  # join: max of 60 and 80
     assert rates["model/m"].rate == 60.0  # the steps calling it
+
+
+def test_a_snapshot_computes_its_topology_once_and_a_replaced_one_anew() -> None:
+    snap = _diamond(30.0)
+    assert snap.step_order() == ("a", "b", "c", "d")
+    assert dict(snap.step_inputs) == {"a": (), "b": ("a",), "c": ("a",), "d": ("b", "c")}
+    assert snap.step_order() is snap.step_order() and snap.steps is snap.steps  # computed once
+    with pytest.raises(TypeError):
+        snap.step_inputs["d"] = ()  # shared by every reader: read-only
+    # dataclasses.replace builds a new snapshot, which reads its own parts, never the old one's cache
+    rewired = replace(snap, parts=tuple(replace(p, next=("d",)) if p.name == "a" else p for p in snap.parts))
+    assert rewired.step_order() == ("a", "b", "c", "d")
+    assert dict(rewired.step_inputs) == {"a": (), "b": (), "c": (), "d": ("a", "b", "c")}
+    trimmed = replace(snap, parts=snap.parts[3:])  # d and m
+    assert [p.name for p in trimmed.steps] == ["d"] and [p.name for p in trimmed.models] == ["m"]
+    with pytest.raises(ValueError, match="form a cycle"):
+        replace(snap, parts=tuple(replace(p, next=("a",)) if p.name == "d" else p for p in snap.parts))
 
 
 def test_downstream_steps_scale_before_their_queues_build() -> None:

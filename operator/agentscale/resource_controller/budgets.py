@@ -35,12 +35,8 @@ def step_weights(snap: WorkflowSnapshot, cfg: PolicyConfig) -> dict[str, float]:
 
 def heaviest_paths(snap: WorkflowSnapshot, weights: Mapping[str, float]) -> dict[str, float]:
     """For each step, the weight of the heaviest source-to-sink path that passes through it."""
-    order = snap.step_order()
+    order, preds = snap.step_order(), snap.step_inputs
     nexts = {p.name: p.next for p in snap.steps}
-    preds: dict[str, list[str]] = {name: [] for name in order}
-    for name in order:
-        for n in nexts[name]:
-            preds[n].append(name)
     up: dict[str, float] = {}  # heaviest path from a source, ending at the step (inclusive)
     for name in order:
         up[name] = weights[name] + max((up[p] for p in preds[name]), default=0.0)

@@ -65,11 +65,24 @@ class PlannedRate:
         return f"arrivals {num(self.rate)}/s" + (f" ({self.source})" if self.source != "measured" else "")
 
 
-def _best(candidates: list[tuple[float, str]]) -> PlannedRate:
+# A candidate rate and where it came from, as (rate, kind, feeding step, number): the source line is
+# formatted only for the winner (:func:`_source`), since a fleet's cycle weighs thousands of candidates.
+_Candidate = tuple[float, str, str, float]
+
+
+def _source(kind: str, step: str, x: float) -> str:
+    if kind == "forecast":  # x: the horizon
+        return f"forecast +{num(x)}s"
+    if kind == "fed":  # x: the feeding step's fan-out
+        return f"from {step}" + (f" x {num(x)}" if x != 1.0 else "")
+    return kind  # "measured", "from its steps"
+
+
+def _best(candidates: list[_Candidate]) -> PlannedRate:
     if not candidates:
         return PlannedRate(None, "")
-    rate, source = max(candidates, key=lambda c: c[0])
-    return PlannedRate(rate, source)
+    rate, kind, step, x = max(candidates, key=lambda c: c[0])
+    return PlannedRate(rate, _source(kind, step, x))
 
 
 def planned_rates(
@@ -79,40 +92,36 @@ def planned_rates(
     raises) and what the DAG feeds it. Returns the updated Holt states too (unchanged where the rate is
     unknown this cycle)."""
     new_holts: dict[str, HoltState | None] = {}
-    own: dict[str, list[tuple[float, str]]] = {}
+    own: dict[str, list[_Candidate]] = {}
     for p in snap.parts:
         holt = holts.get(p.key)
         measured = p.signals.arrival_rps
-        candidates: list[tuple[float, str]] = []
+        candidates: list[_Candidate] = []
         if measured is not None:
             holt = holt_update(holt, measured, snap.now, cfg.holt_alpha, cfg.holt_beta)
-            candidates.append((measured, "measured"))
-            h = horizon_s(p, cfg)
+            candidates.append((measured, "measured", "", 0.0))
             if holt.observations >= 2:
-                candidates.append((holt_forecast(holt, h), f"forecast +{num(h)}s"))
+                h = horizon_s(p, cfg)
+                candidates.append((holt_forecast(holt, h), "forecast", "", h))
         new_holts[p.key] = holt
         own[p.key] = candidates
 
     out: dict[str, PlannedRate] = {}
     by_name = {p.name: p for p in snap.steps}
-    feeders: dict[str, list[str]] = {name: [] for name in by_name}
-    for p in snap.steps:
-        for n in p.next:
-            feeders[n].append(p.name)
     for name in snap.step_order():
-        candidates = list(own[f"step/{name}"])
-        for f in feeders[name]:  # a join takes the max of its inputs: max over all candidates
+        candidates = own[f"step/{name}"]
+        for f in snap.step_inputs[name]:  # a join takes the max of its inputs: max over all candidates
             fed = out[f"step/{f}"].rate
             if fed is not None:
                 fan = by_name[f].signals.fan_out
                 fan = 1.0 if fan is None or fan < 0 else fan
-                candidates.append((fed * fan, f"from {f}" + (f" x {num(fan)}" if fan != 1.0 else "")))
+                candidates.append((fed * fan, "fed", f, fan))
         out[f"step/{name}"] = _best(candidates)
     for m in snap.models:
-        candidates = list(own[m.key])
+        candidates = own[m.key]
         callers = [out[f"step/{s.name}"].rate for s in snap.steps if s.model == m.name]
         known = [r for r in callers if r is not None]
         if known:
-            candidates.append((sum(known), "from its steps"))
+            candidates.append((sum(known), "from its steps", "", 0.0))
         out[m.key] = _best(candidates)
     return out, new_holts

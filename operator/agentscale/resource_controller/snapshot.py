@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
+from types import MappingProxyType
 
 from agentscale.api.models import Scaling, ScalingMode
 
@@ -181,6 +182,12 @@ class WorkflowSnapshot:
     def step_order(self) -> tuple[str, ...]:
         """Step names with every step after all the steps that feed it (Kahn's algorithm, stable in spec
         order); ValueError naming the steps on a cycle (the operator reports those as Degraded)."""
+        return self._step_order
+
+    # The topology is computed once per snapshot: the instance is frozen and so is every part, so nothing
+    # cached here can go stale (``dataclasses.replace`` builds a new snapshot, with empty caches).
+    @cached_property
+    def _step_order(self) -> tuple[str, ...]:
         steps = self.steps
         indegree = {p.name: 0 for p in steps}
         for p in steps:
@@ -201,13 +208,22 @@ class WorkflowSnapshot:
             raise ValueError(f"steps {cycle} form a cycle in next")
         return tuple(order)
 
-    @property
+    @cached_property
     def steps(self) -> tuple[Part, ...]:
         return tuple(p for p in self.parts if p.kind == PartKind.step)
 
-    @property
+    @cached_property
     def models(self) -> tuple[Part, ...]:
         return tuple(p for p in self.parts if p.kind == PartKind.model)
+
+    @cached_property
+    def step_inputs(self) -> Mapping[str, tuple[str, ...]]:
+        """Step name -> the steps whose ``next`` names it, in spec order (empty for a source)."""
+        inputs: dict[str, list[str]] = {p.name: [] for p in self.steps}
+        for p in self.steps:
+            for n in p.next:
+                inputs[n].append(p.name)
+        return MappingProxyType({name: tuple(feeders) for name, feeders in inputs.items()})
 
     def by_key(self) -> Mapping[str, Part]:
         return {p.key: p for p in self.parts}
