@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from agentscale.resource_controller import stabilize as S
 from agentscale.resource_controller.budgets import budgets
 from agentscale.resource_controller.config import PolicyConfig
-from agentscale.resource_controller.forecast import PlannedRate, planned_rates
+from agentscale.resource_controller.forecast import HoltState, PlannedRate, planned_rates
 from agentscale.resource_controller.rules import recommend
 from agentscale.resource_controller.snapshot import Bounds, Decision, Part, Rule, WorkflowSnapshot, num
 from agentscale.resource_controller.state import PartState, WorkflowState
@@ -44,11 +44,11 @@ def decide(snap: WorkflowSnapshot, state: WorkflowState, cfg: PolicyConfig | Non
     decisions: list[Decision] = []
     new_state: dict[str, PartState] = {}
     for part in snap.parts:
-        before = replace(prev[part.key], holt=holts[part.key])
+        before, holt = prev[part.key], holts[part.key]
         if not part.controlled:
-            new_state[part.key] = before
+            new_state[part.key] = before if before.holt is holt else replace(before, holt=holt)
             continue
-        decision, after = decide_part(part, rates[part.key], budget[part.key], before, snap.now, cfg)
+        decision, after = decide_part(part, rates[part.key], budget[part.key], before, holt, snap.now, cfg)
         decisions.append(decision)
         new_state[part.key] = after
     return Outcome(tuple(decisions), new_state, budget)
@@ -73,8 +73,16 @@ class _Wanted:
 
 
 def decide_part(
-    part: Part, rate: PlannedRate, budget_s: float, prev: PartState, now: float, cfg: PolicyConfig
+    part: Part,
+    rate: PlannedRate,
+    budget_s: float,
+    prev: PartState,
+    holt: HoltState | None,
+    now: float,
+    cfg: PolicyConfig,
 ) -> tuple[Decision, PartState]:
+    """One controlled part: ``prev`` is its last state, ``holt`` its forecast already updated this cycle
+    (:func:`planned_rates`), kept in the state that comes back."""
     cur, lo, hi = part.replicas, part.bounds.lo, part.bounds.hi
     rec = recommend(part, rate, budget_s, cfg)
     w = _Wanted(rec.replicas, rec.rule, rec.reason, rec.steady)
@@ -144,7 +152,7 @@ def decide_part(
         last_change_at=now if to != cur else prev.last_change_at,
         panic_triggered_at=triggered_at,
         idle_since=idle_since,
-        holt=prev.holt,
+        holt=holt,
     )
     return decision, after
 

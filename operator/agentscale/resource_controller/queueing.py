@@ -9,6 +9,7 @@ waiting; the SLO policy corrects it online by the ratio of the observed service 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 _EPS = 1e-9
 
@@ -49,13 +50,28 @@ def _c_from_b(c: int, a: float, b: float) -> float:
 def sojourn_tail(t: float, c: int, lam: float, mu: float, p_wait: float) -> float:
     """P(waiting + service > t) in M/M/c, where ``p_wait`` is Erlang C. Waiting is 0 with probability
     1 - p_wait, else exponential at rate theta = c mu - lam; service is exponential at rate mu."""
+    return sojourn_tail_at(c, lam, mu, p_wait)(t)
+
+
+def sojourn_tail_at(c: int, lam: float, mu: float, p_wait: float) -> Callable[[float], float]:
+    """:func:`sojourn_tail` as a function of ``t`` alone, what does not depend on ``t`` computed once (a
+    quantile's bisection evaluates it some 30 times)."""
     theta = c * mu - lam
-    service_tail = math.exp(-mu * t)
+    no_wait = 1.0 - p_wait
     if abs(theta - mu) < 1e-12 * mu:
-        both = (1.0 + mu * t) * math.exp(-mu * t)  # Erlang-2: the limit of the general case
-    else:
-        both = (theta * math.exp(-mu * t) - mu * math.exp(-theta * t)) / (theta - mu)
-    return (1.0 - p_wait) * service_tail + p_wait * both
+
+        def erlang2(t: float) -> float:  # waiting + service is Erlang-2: the limit of the general case
+            service_tail = math.exp(-mu * t)
+            return no_wait * service_tail + p_wait * ((1.0 + mu * t) * service_tail)
+
+        return erlang2
+    gap = theta - mu
+
+    def tail(t: float) -> float:
+        service_tail = math.exp(-mu * t)
+        return no_wait * service_tail + p_wait * ((theta * service_tail - mu * math.exp(-theta * t)) / gap)
+
+    return tail
 
 
 def mmc_quantile(c: int, lam: float, service_s: float, q: float = 0.95) -> float:
@@ -69,14 +85,15 @@ def mmc_quantile(c: int, lam: float, service_s: float, q: float = 0.95) -> float
 
 def _quantile(c: int, lam: float, mu: float, p_wait: float, q: float) -> float:
     target = 1.0 - q
+    tail = sojourn_tail_at(c, lam, mu, p_wait)
     lo, hi = 0.0, -math.log(target) / min(mu, c * mu - lam)
-    while sojourn_tail(hi, c, lam, mu, p_wait) > target:
+    while tail(hi) > target:
         hi *= 2.0
     for _ in range(60):  # bisection: the tail falls monotonically in t; 1e-9 relative is plenty
         if hi - lo <= 1e-9 * hi:
             break
         mid = (lo + hi) / 2.0
-        if sojourn_tail(mid, c, lam, mu, p_wait) > target:
+        if tail(mid) > target:
             lo = mid
         else:
             hi = mid

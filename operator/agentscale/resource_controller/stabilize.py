@@ -76,8 +76,8 @@ def remember(
         return ((now, recommendation),)
     if not history:
         history = ((now, current),)
-    kept = tuple((t, r) for t, r in history if t >= now - window_s and t <= now)
-    return (*kept, (now, recommendation))
+    start = now - window_s
+    return (*(e for e in history if start <= e[0] <= now), (now, recommendation))
 
 
 def stabilized_down(history: tuple[tuple[float, int], ...]) -> int:
@@ -89,7 +89,8 @@ def remember_peak(
     peaks: tuple[tuple[float, int], ...], now: float, peak: int | None, window_s: float
 ) -> tuple[tuple[float, int], ...]:
     """The drain peaks within ``window_s``, with ``peak`` (a count a backlog raised) added when not None."""
-    kept = tuple((t, r) for t, r in peaks if now - window_s <= t <= now)
+    start = now - window_s
+    kept = tuple(e for e in peaks if start <= e[0] <= now)
     return kept if peak is None or window_s <= 0 else (*kept, (now, peak))
 
 
