@@ -36,9 +36,13 @@ class Outcome:
     """Part key -> latency budget (seconds), for status and the docs' worked examples."""
 
 
+_FIRST_SEEN = PartState()
+"""The state of a part seen for the first time (frozen, so one serves every part)."""
+
+
 def decide(snap: WorkflowSnapshot, state: WorkflowState, cfg: PolicyConfig | None = None) -> Outcome:
     cfg = cfg or PolicyConfig()
-    prev = {p.key: state.get(p.key, PartState()) for p in snap.parts}
+    prev = {p.key: state.get(p.key, _FIRST_SEEN) for p in snap.parts}
     rates, holts = planned_rates(snap, {k: s.holt for k, s in prev.items()}, cfg)
     budget = budgets(snap, cfg)
     decisions: list[Decision] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 
 from agentscale.resource_controller.config import PolicyConfig
 from agentscale.resource_controller.snapshot import Part, WorkflowSnapshot, num
@@ -81,7 +82,7 @@ def _source(kind: str, step: str, x: float) -> str:
 def _best(candidates: list[_Candidate]) -> PlannedRate:
     if not candidates:
         return PlannedRate(None, "")
-    rate, kind, step, x = max(candidates, key=lambda c: c[0])
+    rate, kind, step, x = max(candidates, key=itemgetter(0))
     return PlannedRate(rate, _source(kind, step, x))
 
 
@@ -109,17 +110,19 @@ def planned_rates(
     out: dict[str, PlannedRate] = {}
     by_name = {p.name: p for p in snap.steps}
     for name in snap.step_order():
-        candidates = own[f"step/{name}"]
+        key = by_name[name].key
+        candidates = own[key]
         for f in snap.step_inputs[name]:  # a join takes the max of its inputs: max over all candidates
-            fed = out[f"step/{f}"].rate
+            feeder = by_name[f]
+            fed = out[feeder.key].rate
             if fed is not None:
-                fan = by_name[f].signals.fan_out
+                fan = feeder.signals.fan_out
                 fan = 1.0 if fan is None or fan < 0 else fan
                 candidates.append((fed * fan, "fed", f, fan))
-        out[f"step/{name}"] = _best(candidates)
+        out[key] = _best(candidates)
     for m in snap.models:
         candidates = own[m.key]
-        callers = [out[f"step/{s.name}"].rate for s in snap.steps if s.model == m.name]
+        callers = [out[s.key].rate for s in snap.steps if s.model == m.name]
         known = [r for r in callers if r is not None]
         if known:
             candidates.append((sum(known), "from its steps", "", 0.0))
