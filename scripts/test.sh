@@ -2,10 +2,11 @@
 # The one test command (README, .ci/run): installs what it needs, then
 #   1. lint and types (ruff check, ruff format --check, mypy)
 #   2. operator tests (golden YAML, CRD drift, kubernetes-validate; signals against a real prometheus)
-#   3. data-plane tests against a real tritonserver and real redis-server
+#   3. data-plane tests against a real tritonserver and real redis-server, side by side with 2.
 #   4. the end-to-end suite against a real local cluster (kube-apiserver, etcd, controller-manager,
 #      scheduler, metrics-server, kwok GPU nodes, one real kubelet node), which it builds (cached) and
-#      starts, then stops (and checks the real node left nothing behind).
+#      starts in the background while 1-3 run, then stops (and checks the real node left nothing behind).
+# Lines of the stages that run side by side are prefixed [cluster], [operator] and [dataplane].
 # Set AGENTSCALE_E2E=0 to skip stage 4 (for a quick local loop only: with CI=true it is an error, so CI can
 # never pass with the cluster stage skipped).
 set -euo pipefail
@@ -36,25 +37,15 @@ run_pytest() {
 stage "bootstrap"
 scripts/bootstrap.sh
 
-stage "lint and types"
-.venv/bin/ruff check .
-.venv/bin/ruff format --check .
-.venv/bin/mypy operator/agentscale workloads/agentscale_worker workloads/agentscale_harness images/build.py
-
-stage "operator tests (unit, and the resource controller's signals against a real prometheus)"
-AGENTSCALE_REQUIRE_SERVICES=1 run_pytest operator/tests -q -p no:cacheprovider --durations=10
-
-stage "data-plane tests (real tritonserver + redis-server)"
-AGENTSCALE_REQUIRE_SERVICES=1 run_pytest workloads/tests -q -p no:cacheprovider --durations=10
-
-if [ "${AGENTSCALE_E2E:-1}" = "0" ]; then
-  stage "end-to-end suite skipped (AGENTSCALE_E2E=0)"
-  exit 0
-fi
-
-stage "local cluster (build or reuse cached binaries, start)"
+E2E="${AGENTSCALE_E2E:-1}"
+UP_PID=""
 cleanup() {
   local rc=$?
+  if [ -n "$UP_PID" ]; then
+    # a stage failed while the cluster was still starting: let up.sh finish (it has its own timeouts), so
+    # that down.sh finds everything it started
+    wait "$UP_PID" 2>/dev/null || true
+  fi
   stage "stopping the local cluster"
   e2e/cluster/down.sh || true
   # down.sh must leave nothing of the real node behind (processes, namespace, cgroups, mounts, chains).
@@ -64,8 +55,60 @@ cleanup() {
   fi
   exit "$rc"
 }
-trap cleanup EXIT # also when up.sh fails half way: leave no processes behind
-e2e/cluster/up.sh
+# Each line of a stage that runs beside others carries its name.
+tagged() { # tagged NAME COMMAND...: runs COMMAND, its output prefixed with [NAME]; returns its status
+  local name="$1"
+  shift
+  (
+    set -o pipefail
+    "$@" 2>&1 | sed -u "s/^/[$name] /"
+  )
+}
+
+if [ "$E2E" != "0" ]; then
+  # The local cluster starts while lint and the unit and data-plane stages run: most of its start is waiting
+  # (components, the real node) and importing images into the node's containerd.
+  stage "local cluster: starting in the background (build or reuse cached binaries and images, start)"
+  trap cleanup EXIT # also when up.sh or a stage fails half way: leave no processes behind
+  tagged cluster e2e/cluster/up.sh &
+  UP_PID=$!
+fi
+
+stage "lint and types"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy operator/agentscale workloads/agentscale_worker workloads/agentscale_harness images/build.py
+
+# The operator and data-plane stages run side by side (their own Prometheus, Redis and Triton on free ports):
+# much of each is waiting for scrapes and servers.
+stage "operator tests (unit, and the resource controller's signals against a real prometheus) and data-plane tests (real tritonserver + redis-server), side by side"
+export AGENTSCALE_REQUIRE_SERVICES=1 # a missing redis-server, prometheus or tritonserver fails, never skips
+tagged operator run_pytest operator/tests -q -p no:cacheprovider --durations=10 &
+OP_PID=$!
+tagged dataplane run_pytest workloads/tests -q -p no:cacheprovider --durations=10 &
+DP_PID=$!
+op_rc=0
+dp_rc=0
+wait "$OP_PID" || op_rc=$?
+wait "$DP_PID" || dp_rc=$?
+stage "operator tests: exit $op_rc; data-plane tests: exit $dp_rc"
+if [ "$op_rc" -ne 0 ] || [ "$dp_rc" -ne 0 ]; then
+  exit 1
+fi
+
+if [ "$E2E" = "0" ]; then
+  stage "end-to-end suite skipped (AGENTSCALE_E2E=0)"
+  exit 0
+fi
+
+stage "local cluster: waiting for it to be ready"
+up_rc=0
+wait "$UP_PID" || up_rc=$?
+UP_PID=""
+if [ "$up_rc" -ne 0 ]; then
+  echo "e2e/cluster/up.sh failed (exit $up_rc): its output is above, prefixed [cluster]" >&2
+  exit "$up_rc"
+fi
 # shellcheck source=/dev/null
 . e2e/cluster/env.sh
 
