@@ -39,10 +39,10 @@ def heaviest_paths(snap: WorkflowSnapshot, weights: Mapping[str, float]) -> dict
     nexts = {p.name: p.next for p in snap.steps}
     up: dict[str, float] = {}  # heaviest path from a source, ending at the step (inclusive)
     for name in order:
-        up[name] = weights[name] + max((up[p] for p in preds[name]), default=0.0)
+        up[name] = weights[name] + max([up[p] for p in preds[name]], default=0.0)
     down: dict[str, float] = {}  # heaviest path from the step (inclusive) to a sink
     for name in reversed(order):
-        down[name] = weights[name] + max((down[n] for n in nexts[name]), default=0.0)
+        down[name] = weights[name] + max([down[n] for n in nexts[name]], default=0.0)
     return {name: up[name] + down[name] - weights[name] for name in order}
 
 
@@ -77,4 +77,4 @@ def budgets(snap: WorkflowSnapshot, cfg: PolicyConfig) -> dict[str, float]:
     """Part key (``step/<name>``, ``model/<name>``) -> latency budget in seconds."""
     steps = step_budgets(snap, cfg)
     models = model_budgets(snap, steps, cfg)
-    return {**{f"step/{k}": v for k, v in steps.items()}, **{f"model/{k}": v for k, v in models.items()}}
+    return {p.key: steps[p.name] for p in snap.steps} | {m.key: models[m.name] for m in snap.models}

@@ -8,7 +8,7 @@ were missing. ``hold`` means the mode's primary signal is missing (hold the curr
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from agentscale.api.models import ScalingMode
 from agentscale.resource_controller import queueing as Q
@@ -17,8 +17,10 @@ from agentscale.resource_controller.forecast import PlannedRate
 from agentscale.resource_controller.snapshot import Part, PartKind, Rule, ms, num
 
 
-@dataclass(frozen=True)
-class Recommendation:
+class Recommendation(NamedTuple):
+    """A rule's answer (a named tuple: a fleet's cycle builds thousands, and a tuple is the cheapest frozen
+    value to build)."""
+
     replicas: int
     rule: Rule
     reason: str
@@ -80,7 +82,7 @@ def _rate_term(
     n = Q.little_replicas(total, service_s, cfg.target_utilization)
     why = f"{rate.describe()} x {ms(service_s)} / {cfg.target_utilization:.0%} busy"
     why += _drained(backlog, ahead, within_s)
-    steady = Q.little_replicas(rate.rate, service_s, cfg.target_utilization)
+    steady = Q.little_replicas(rate.rate, service_s, cfg.target_utilization) if ahead > 0 else n
     return Recommendation(n, Rule.ArrivalRate, why, steady=_steady(n, steady))
 
 
@@ -164,15 +166,15 @@ def correction(part: Part, service_s: float, cfg: PolicyConfig) -> float:
 
 
 def _size_slo(
-    part: Part, service_s: float, budget_s: float, k: float, cfg: PolicyConfig
+    part: Part, service_s: float, budget_s: float, k: float, floor_s: float, cfg: PolicyConfig
 ) -> Callable[[float], int | None]:
     """Replicas for a rate, or None when the bounds cannot meet the budget. Steps: the budget less the
-    corrected service p95 (``k`` x the exponential's) is what waiting may take, at M/M/c's waiting tail
-    scaled by :func:`~agentscale.resource_controller.queueing.waiting_scale` (M/G/c). Models (whose p95
-    holds Triton's queue): M/M/c's time in system within ``budget / k``."""
+    corrected service p95 ``floor_s`` (``k`` x the exponential's) is what waiting may take, at M/M/c's
+    waiting tail scaled by :func:`~agentscale.resource_controller.queueing.waiting_scale` (M/G/c). Models
+    (whose p95 holds Triton's queue): M/M/c's time in system within ``budget / k``."""
     lo, hi, q = part.bounds.lo, part.bounds.hi, cfg.latency_quantile
     if part.kind == PartKind.step:
-        wait_s = budget_s - k * Q.service_quantile(service_s * part.slots, q)
+        wait_s = budget_s - floor_s
         scale = Q.waiting_scale(k, q)
         return lambda lam: Q.replicas_for_waiting(lam, service_s, wait_s / scale, lo, hi, q)
     return lambda lam: Q.replicas_for_quantile(lam, service_s, budget_s / k, lo, hi, q)
@@ -225,7 +227,7 @@ def slo(part: Part, rate: PlannedRate, budget_s: float, cfg: PolicyConfig) -> Re
     )
     if floor_s >= budget_s:
         return _below_service(part, rate, service_s, budget_s, floor_s, lag, window, missing, cfg)
-    size = _size_slo(part, service_s, budget_s, k, cfg)
+    size = _size_slo(part, service_s, budget_s, k, floor_s, cfg)
     ahead = backlog_ahead(part, rate.rate, service_s)
     need = size(rate.rate + Q.drain_rate(ahead, window))
     hi = part.bounds.hi
