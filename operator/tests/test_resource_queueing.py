@@ -116,6 +116,10 @@ def test_bounds_follow_the_apis_one_rule() -> None:
     part = Part.of(PartKind.step, "a", Scaling(mode=ScalingMode.slo, targetQueueTimeMs=40), replicas=2)
     assert part.controlled and part.target_queue_time_s == 0.04
     assert not Part.of(PartKind.step, "a", Scaling(mode=ScalingMode.hpa), replicas=2).controlled
+    for mode in ScalingMode:  # the policy asks the API's ownership rule once per mode, so it must agree
+        scaling = Scaling(mode=mode, minReplicas=0, maxReplicas=3, replicas=1)
+        owns = Part.of(PartKind.model, "m", scaling, replicas=1).controlled
+        assert owns == scaling.controller_owns_replicas(), mode
 
 
 # -- budgets -----------------------------------------------------------------------------------------------

@@ -90,6 +90,14 @@ class Signals:
     """Steps: messages sent to each next step per message processed; 1 when unknown."""
 
 
+_CONTROLLED_MODES = frozenset(
+    mode for mode in ScalingMode if Scaling.model_construct(mode=mode).controller_owns_replicas()
+)
+"""The modes in which the resource controller owns a part's replicas: the API's one ownership rule
+(``Scaling.controller_owns_replicas``, which reads the mode alone), asked once per mode at import, not per
+part per cycle (building a pydantic model costs microseconds; a fleet has thousands of parts)."""
+
+
 @dataclass(frozen=True)
 class Part:
     """One step or model server of a workflow, as the policy sees it."""
@@ -140,11 +148,10 @@ class Part:
         """``step/<name>`` or ``model/<name>``, as ``status.lastScalingDecision.target`` names it."""
         return f"{self.kind}/{self.name}"
 
-    @cached_property
+    @property
     def controlled(self) -> bool:
-        """The resource controller owns this part's replicas (the API's one ownership rule; the mode is
-        already valid, so the model is built without validating it again)."""
-        return Scaling.model_construct(mode=self.mode).controller_owns_replicas()
+        """The resource controller owns this part's replicas (the API's one ownership rule, by mode)."""
+        return self.mode in _CONTROLLED_MODES
 
     def service_time_s(self) -> float | None:
         """Measured replica-seconds per request, else the profile's at the measured batch, else None."""
