@@ -10,15 +10,17 @@ the steps that call it (one inference per message), so downstream parts scale be
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from operator import itemgetter
+from typing import NamedTuple
 
 from agentscale.resource_controller.config import PolicyConfig
 from agentscale.resource_controller.snapshot import Part, WorkflowSnapshot, num
 
 
-@dataclass(frozen=True)
-class HoltState:
+class HoltState(NamedTuple):
+    """One part's forecast state (a named tuple, like every small value built per part per cycle: the
+    cheapest frozen value to build)."""
+
     level: float
     trend: float  # per second
     at: float  # time of the last observation
@@ -53,8 +55,7 @@ def horizon_s(part: Part, cfg: PolicyConfig) -> float:
     return min(max(part.cold_start_s, cfg.forecast_horizon_min_s), cfg.forecast_horizon_max_s)
 
 
-@dataclass(frozen=True)
-class PlannedRate:
+class PlannedRate(NamedTuple):
     """The arrival rate a part is sized for, and where it came from (for the reason line)."""
 
     rate: float | None
