@@ -130,9 +130,10 @@ def decide_part(
         w.set(1, Rule.Wake, "work arrived at zero replicas")
 
     # 5. bounds
-    if part.bounds.clamp(w.n) != w.n:
+    bounded = part.bounds.clamp(w.n)
+    if bounded != w.n:
         steady = w.steady
-        w.set(part.bounds.clamp(w.n), Rule.Bounds, f"{w.why}, bounded to [{lo}, {hi}]")
+        w.set(bounded, Rule.Bounds, f"{w.why}, bounded to [{lo}, {hi}]")
         w.steady = steady
     window = part.scale_down_stabilization_s
     history = S.remember(prev.history, now, w.remembered(part.bounds), cur, window)

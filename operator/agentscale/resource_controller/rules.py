@@ -216,15 +216,14 @@ def slo(part: Part, rate: PlannedRate, budget_s: float, cfg: PolicyConfig) -> Re
         return _hold(part, missing or ["arrival rate"])
     if part.signals.p95_latency_s is None:
         missing.append("p95 latency")
-    lag = part.signals.queue_lag if part.kind == PartKind.step else 0.0
+    is_step = part.kind == PartKind.step
+    lag = part.signals.queue_lag if is_step else 0.0
     if lag is None:
         missing.append("queue lag")
         lag = 0.0
     k = correction(part, service_s, cfg)
     window = drain_window_s(part, budget_s, cfg)
-    floor_s = k * Q.service_quantile(
-        service_s * (part.slots if part.kind == PartKind.step else 1), cfg.latency_quantile
-    )
+    floor_s = k * Q.service_quantile(service_s * (part.slots if is_step else 1), cfg.latency_quantile)
     if floor_s >= budget_s:
         return _below_service(part, rate, service_s, budget_s, floor_s, lag, window, missing, cfg)
     size = _size_slo(part, service_s, budget_s, k, floor_s, cfg)
