@@ -109,14 +109,18 @@ maxPods: 110
 # Lowering the kubelet's own oom_score_adj (default -999) needs CAP_SYS_RESOURCE, which root lacks here.
 oomScoreAdj: 0
 serializeImagePulls: false
-# Images come from local archives, not a registry: never garbage-collect them.
+# Images come from local archives, not a registry: never garbage-collect them. Under disk pressure the
+# eviction manager deletes unused images whatever the GC thresholds say (seen: at 2% of a 252 GB disk, i.e.
+# 5 GB free on a machine busy with other checkouts, it removed the Triton and pause images mid-suite, and
+# every later pod failed to pull registry.k8s.io/pause), so the disk signals are absolute and small: the node
+# shares the host's disk and only a disk that is really full should count.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard:
   memory.available: 100Mi
-  nodefs.available: 2%
-  nodefs.inodesFree: 2%
-  imagefs.available: 2%
+  nodefs.available: 256Mi
+  nodefs.inodesFree: 1%
+  imagefs.available: 256Mi
 shutdownGracePeriod: 0s
 EOF
   cat >"$d/kube-proxy.yaml" <<EOF
