@@ -28,7 +28,9 @@
 # node/processes.sh (start, stop, health).
 #
 # Env (besides common.sh's): AGENTSCALE_REAL_NODE_NAME (default real-0), AGENTSCALE_NODE_NET (first two
-# octets of the host-side /30s, default 10.250).
+# octets of the host-side /30s, default 10.250), AGENTSCALE_REAL_NODE_PROJECT_IMAGES=0 (a node with the pause
+# and busybox images only: the e2e teardown test's second node, which runs busybox and need not wait the
+# minute the Triton image takes to import).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=common.sh
@@ -131,7 +133,11 @@ up() {
   for tar in "$PAUSE_TAR" "$BUSYBOX_TAR"; do
     ctr --address "$CTRD_SOCK" -n k8s.io images import "$tar" >/dev/null
   done
-  load_project_images
+  if [ "${AGENTSCALE_REAL_NODE_PROJECT_IMAGES:-1}" = 0 ]; then
+    log "not importing the project's images (AGENTSCALE_REAL_NODE_PROJECT_IMAGES=0): pause and busybox only"
+  else
+    load_project_images
+  fi
   start kubelet ns "$(agentscale_bin kubelet)" --config="$NODE_DIR/kubelet.yaml" \
     --kubeconfig="$NODE_DIR/kubeconfig" --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" \
     --root-dir="$NODE_DIR/kubelet" --cert-dir="$NODE_DIR/pki" --node-labels="$NODE_LABELS" --v=1

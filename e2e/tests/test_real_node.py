@@ -232,6 +232,7 @@ def test_teardown_of_a_real_node_leaves_nothing_behind(kubectl, namespace, wait_
         )
     name = f"real-teardown-{uuid.uuid4().hex[:4]}"
     env["AGENTSCALE_REAL_NODE_NAME"] = name
+    env["AGENTSCALE_REAL_NODE_PROJECT_IMAGES"] = "0"  # it runs busybox only: no minute of importing Triton
     names = dict(
         line.split("=", 1)
         for line in subprocess.run(
