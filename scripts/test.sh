@@ -6,7 +6,9 @@
 #   4. the end-to-end suite against a real local cluster (kube-apiserver, etcd, controller-manager,
 #      scheduler, metrics-server, kwok GPU nodes, one real kubelet node), which it builds (cached) and
 #      starts in the background while 1-3 run, then stops (and checks the real node left nothing behind).
-# Lines of the stages that run side by side are prefixed [cluster], [operator] and [dataplane].
+#      Part 1 (the tests that need no operator) runs beside 2-3 once the cluster is up; part 2 (the
+#      operator suite) after everything else.
+# Lines of the stages that run side by side are prefixed [cluster], [operator], [dataplane] and [e2e-1].
 # Set AGENTSCALE_E2E=0 to skip stage 4 (for a quick local loop only: with CI=true it is an error, so CI can
 # never pass with the cluster stage skipped).
 set -euo pipefail
@@ -41,10 +43,10 @@ E2E="${AGENTSCALE_E2E:-1}"
 UP_PID=""
 cleanup() {
   local rc=$?
-  if [ -n "$UP_PID" ]; then
-    # a stage failed while the cluster was still starting: let up.sh finish (it has its own timeouts), so
-    # that down.sh finds everything it started
-    wait "$UP_PID" 2>/dev/null || true
+  if [ -n "$UP_PID" ] || [ -n "${E1_PID:-}" ]; then
+    # a stage failed while the cluster was still starting or end-to-end part 1 still ran: let them finish
+    # (they have their own timeouts), so that down.sh finds everything they started
+    wait ${UP_PID:+"$UP_PID"} ${E1_PID:+"$E1_PID"} 2>/dev/null || true
   fi
   stage "stopping the local cluster"
   e2e/cluster/down.sh || true
@@ -87,6 +89,32 @@ tagged operator run_pytest operator/tests -q -p no:cacheprovider --durations=10 
 OP_PID=$!
 tagged dataplane run_pytest workloads/tests -q -p no:cacheprovider --durations=10 &
 DP_PID=$!
+# The end-to-end tests that need no operator (the cluster, the real node, the images, the chart's install and
+# RBAC) start as soon as the cluster is ready, beside the unit stages; the operator suite runs after both, on
+# its own (it restarts the operator and the control plane, and measures quiet minutes).
+E2E_FIRST=(
+  e2e/tests/test_cluster.py
+  e2e/tests/test_real_node.py
+  e2e/tests/test_images.py
+  e2e/tests/test_chart_render.py
+  e2e/tests/test_chart_install.py
+)
+E1_PID=""
+if [ "$E2E" != "0" ]; then
+  up_rc=0
+  wait "$UP_PID" || up_rc=$?
+  UP_PID=""
+  if [ "$up_rc" -ne 0 ]; then
+    echo "e2e/cluster/up.sh failed (exit $up_rc): its output is above, prefixed [cluster]" >&2
+    exit "$up_rc"
+  fi
+  # shellcheck source=/dev/null
+  . e2e/cluster/env.sh
+  stage "local cluster ready; end-to-end part 1 (${E2E_FIRST[*]##*/}) starts beside the unit stages"
+  tagged e2e-1 run_pytest "${E2E_FIRST[@]}" -v -p no:cacheprovider --durations=15 &
+  E1_PID=$!
+fi
+
 op_rc=0
 dp_rc=0
 wait "$OP_PID" || op_rc=$?
@@ -101,18 +129,15 @@ if [ "$E2E" = "0" ]; then
   exit 0
 fi
 
-stage "local cluster: waiting for it to be ready"
-up_rc=0
-wait "$UP_PID" || up_rc=$?
-UP_PID=""
-if [ "$up_rc" -ne 0 ]; then
-  echo "e2e/cluster/up.sh failed (exit $up_rc): its output is above, prefixed [cluster]" >&2
-  exit "$up_rc"
-fi
-# shellcheck source=/dev/null
-. e2e/cluster/env.sh
+e1_rc=0
+wait "$E1_PID" || e1_rc=$?
+E1_PID=""
+stage "end-to-end part 1: exit $e1_rc"
+[ "$e1_rc" -eq 0 ] || exit 1
 
-stage "end-to-end suite"
-run_pytest e2e/tests -v -p no:cacheprovider --durations=40
+stage "end-to-end part 2: the operator suite (everything in e2e/tests but part 1)"
+ignores=()
+for f in "${E2E_FIRST[@]}"; do ignores+=("--ignore=$f"); done
+run_pytest e2e/tests "${ignores[@]}" -v -p no:cacheprovider --durations=40
 
 stage "all green in $((SECONDS - T0))s"
