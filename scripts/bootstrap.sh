@@ -69,7 +69,7 @@ venv_from_template() { # a hard-linked copy of the template, its scripts pointed
   fi
   # scripts and activate name the template's path (the one it was built in, $template.tmp.PID): point them
   # at .venv (sed -i writes new files, so the template's hard-linked originals stay as they are)
-  grep -rlI --null -F "$template" .venv/bin .venv/pyvenv.cfg |
+  { grep -rlI --null -F "$template" .venv/bin .venv/pyvenv.cfg || true; } |
     xargs -0 -r sed -i -E "s#$template(\.tmp\.[0-9]+)?#$ROOT/.venv#g"
   log "created .venv from the dependency template $key"
 }

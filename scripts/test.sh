@@ -43,11 +43,10 @@ E2E="${AGENTSCALE_E2E:-1}"
 UP_PID=""
 cleanup() {
   local rc=$?
-  if [ -n "$UP_PID" ] || [ -n "${E1_PID:-}" ]; then
-    # a stage failed while the cluster was still starting or end-to-end part 1 still ran: let them finish
-    # (they have their own timeouts), so that down.sh finds everything they started
-    wait ${UP_PID:+"$UP_PID"} ${E1_PID:+"$E1_PID"} 2>/dev/null || true
-  fi
+  # A stage failed while others still ran (the cluster starting, the unit stages, end-to-end part 1): let
+  # them finish (they have their own timeouts), so that down.sh finds everything they started and nothing
+  # goes on printing after this script has exited.
+  wait 2>/dev/null || true
   stage "stopping the local cluster"
   e2e/cluster/down.sh || true
   # down.sh must leave nothing of the real node behind (processes, namespace, cgroups, mounts, chains).
